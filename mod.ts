@@ -1,0 +1,69 @@
+/**
+ * uffd: Linux userfaultfd for Deno and Bun. Handle page faults of your own memory in
+ * user space: lazy restore, dirty tracking, zero-copy page placement.
+ *
+ * @example
+ * ```ts
+ * import { Mapping, pageSize, Userfaultfd } from "@uffd/userfaultfd";
+ * using uffd = Userfaultfd.open();
+ * using mem = Mapping.anonymous(4 * pageSize);
+ * uffd.register(mem);
+ * uffd.zeropage({ start: mem.start, len: pageSize });
+ * ```
+ *
+ * @module
+ */
+export {
+  FEATURE_NAMES,
+  featureBit,
+  type FeatureName,
+  featureNames,
+  ioctl,
+  type IoctlName,
+  ioctlNames,
+  UFFD_EVENT,
+} from "./src/abi.ts";
+export { ERRNO, errnoName, type ErrorSource, UffdError, type UffdErrorOptions } from "./src/errors.ts";
+export {
+  decodeEvent,
+  EventBuffer,
+  type ForkEvent,
+  type PagefaultEvent,
+  type PagefaultKind,
+  type RangeEvent,
+  type RemapEvent,
+  type UffdEvent,
+} from "./src/events.ts";
+export {
+  type AnonymousOptions,
+  freeHugePages,
+  hugePageSize,
+  Mapping,
+  type MappingKind,
+  type MemfdOptions,
+  pageSize,
+} from "./src/memory.ts";
+export {
+  PAGE_IS,
+  PagemapScanner,
+  type PageRegion,
+  PM_SCAN_CHECK_WPASYNC,
+  PM_SCAN_WP_MATCHING,
+  type ScanOptions,
+} from "./src/pagemap.ts";
+export {
+  type ContinueOptions,
+  type CopyOptions,
+  type DontwakeRange,
+  type MoveOptions,
+  type OpenOptions,
+  type OpenVia,
+  type ProbeResult,
+  type Range,
+  rawIoctl,
+  type ReadOptions,
+  type RegisterOptions,
+  type RegisterResult,
+  Userfaultfd,
+  type WriteprotectOptions,
+} from "./src/userfaultfd.ts";

@@ -1,0 +1,354 @@
+/**
+ * Memory the library creates (anonymous, memfd/shmem, hugetlb, file) and a
+ * registry of live mappings used to reject ranges outside them before any syscall.
+ * @module
+ */
+import { libc } from "../ffi/mod.ts";
+import { mm } from "./abi.ts";
+import { invalid, UffdError } from "./errors.ts";
+
+const _SC_PAGESIZE = 30;
+
+/** The system page size in bytes (4096 on x86-64). */
+export const pageSize: number = libc.sysconf(_SC_PAGESIZE);
+
+/** Reads a small file through libc (no runtime file permission needed). */
+export function readTextFile(path: string): string | undefined {
+  const fd = libc.open(cstring(path), 0, 0);
+  if (fd < 0) return undefined;
+  const buf = new Uint8Array(65536);
+  let n = 0;
+  for (;;) {
+    const r = libc.read(fd, buf.subarray(n), buf.length - n);
+    if (r <= 0) break;
+    n += r;
+  }
+  libc.close(fd);
+  return new TextDecoder().decode(buf.subarray(0, n));
+}
+
+/** A NUL-terminated UTF-8 copy of a string, for C. */
+export function cstring(s: string): Uint8Array {
+  const b = new TextEncoder().encode(s + "\0");
+  return b;
+}
+
+/** The default huge page size in bytes, or 0 when the kernel has no hugetlb support. */
+export function hugePageSize(): number {
+  const m = readTextFile("/proc/meminfo")?.match(/Hugepagesize:\s+(\d+) kB/);
+  return m ? Number(m[1]) * 1024 : 0;
+}
+
+/** Free huge pages of the default size (`HugePages_Free` in /proc/meminfo). */
+export function freeHugePages(): number {
+  const m = readTextFile("/proc/meminfo")?.match(/HugePages_Free:\s+(\d+)/);
+  return m ? Number(m[1]) : 0;
+}
+
+/** What backs a {@link Mapping}. */
+export type MappingKind = "anonymous" | "shmem" | "hugetlb" | "file" | "adopted";
+
+const live = new Set<Mapping>();
+
+/** The live mapping (created or adopted by this library, on this thread) holding `[start, start+len)`. */
+export function findMapping(start: number, len: number): Mapping | undefined {
+  for (const m of live) {
+    if (start >= m.address && start + len <= m.address + m.length) return m;
+  }
+  return undefined;
+}
+
+/**
+ * Checks that `[start, start+len)` is non-empty, aligned to `align` and inside a
+ * live mapping, throwing a library {@link UffdError} otherwise.
+ */
+export function checkRange(op: string, start: number, len: number, what = "range"): Mapping {
+  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(len) || start < 0) {
+    throw invalid(op, `${what} start and length must be non-negative integers (got ${start}, ${len})`);
+  }
+  if (len <= 0) throw invalid(op, `${what} length must be positive (got ${len})`);
+  const m = findMapping(start, len);
+  if (!m) {
+    throw invalid(
+      op,
+      `${what} 0x${start.toString(16)}+${len} is not inside a mapping created by this library; ` +
+        "create it with Mapping.anonymous()/memfd()/hugetlb() or declare it with Mapping.adopt()",
+    );
+  }
+  if (start % m.pageSize !== 0 || len % m.pageSize !== 0) {
+    throw invalid(
+      op,
+      `${what} 0x${
+        start.toString(16)
+      }+${len} is not aligned to the ${m.pageSize}-byte page size of its mapping`,
+    );
+  }
+  return m;
+}
+
+function fail(op: string): never {
+  throw new UffdError(op, libc.errno());
+}
+
+/** Options of {@link Mapping.anonymous}. */
+export interface AnonymousOptions {
+  /** `MADV_NOHUGEPAGE` so transparent huge pages never back it (default true: faults stay 4 KiB). */
+  noHugepage?: boolean;
+}
+
+/** Options of {@link Mapping.memfd}. */
+export interface MemfdOptions {
+  /** Name shown in /proc/self/maps (default `"uffd"`). */
+  name?: string;
+  /** Back the memfd with huge pages (`MFD_HUGETLB`). */
+  hugetlb?: boolean;
+}
+
+/**
+ * A memory mapping owned by this library: anonymous private memory, a memfd (shmem)
+ * mapping with optional aliases, hugetlb, a read-only file, or adopted foreign memory.
+ * Closing unmaps it; a view obtained from {@link bytes} must not be used after that.
+ *
+ * @example
+ * ```ts
+ * using m = Mapping.anonymous(16 * pageSize);
+ * m.bytes()[0] = 1;
+ * ```
+ */
+export class Mapping {
+  /** Start address. */
+  readonly address: number;
+  /** Length in bytes. */
+  readonly length: number;
+  /** What backs it. */
+  readonly kind: MappingKind;
+  /** Page size of the mapping (huge page size for hugetlb). */
+  readonly pageSize: number;
+  /** The memfd or file descriptor behind a shared mapping, or -1. */
+  readonly fd: number;
+  #view: Uint8Array | undefined;
+  #owned: boolean;
+  #ownsFd: boolean;
+  #closed = false;
+
+  private constructor(
+    address: number,
+    length: number,
+    kind: MappingKind,
+    pageSz: number,
+    fd: number,
+    owned: boolean,
+    ownsFd: boolean,
+  ) {
+    this.address = address;
+    this.length = length;
+    this.kind = kind;
+    this.pageSize = pageSz;
+    this.fd = fd;
+    this.#owned = owned;
+    this.#ownsFd = ownsFd;
+    live.add(this);
+  }
+
+  static #checkLength(op: string, length: number, align: number): void {
+    if (!Number.isSafeInteger(length) || length <= 0 || length % align !== 0) {
+      throw invalid(op, `length must be a positive multiple of ${align} (got ${length})`);
+    }
+  }
+
+  /** Anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`), not populated. */
+  static anonymous(length: number, options: AnonymousOptions = {}): Mapping {
+    Mapping.#checkLength("mmap", length, pageSize);
+    const a = libc.mmap(0, length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_PRIVATE | mm.MAP_ANONYMOUS, -1, 0);
+    if (a === -1) fail("mmap");
+    if (options.noHugepage ?? true) libc.madvise(a, length, mm.MADV_NOHUGEPAGE);
+    return new Mapping(a, length, "anonymous", pageSize, -1, true, false);
+  }
+
+  /** Anonymous hugetlb memory (`MAP_HUGETLB`); throws ENOMEM when no huge pages are reserved. */
+  static hugetlb(length: number): Mapping {
+    const hp = hugePageSize();
+    if (hp === 0) throw invalid("mmap", "this kernel has no hugetlb support", "EOPNOTSUPP");
+    Mapping.#checkLength("mmap", length, hp);
+    const a = libc.mmap(
+      0,
+      length,
+      mm.PROT_READ | mm.PROT_WRITE,
+      mm.MAP_PRIVATE | mm.MAP_ANONYMOUS | mm.MAP_HUGETLB | mm.MAP_NORESERVE,
+      -1,
+      0,
+    );
+    if (a === -1) fail("mmap");
+    return new Mapping(a, length, "hugetlb", hp, -1, true, false);
+  }
+
+  /**
+   * A memfd of `length` bytes mapped shared. Use {@link alias} for a second
+   * mapping of the same pages (to fill them out of band, for MINOR/CONTINUE).
+   */
+  static memfd(length: number, options: MemfdOptions = {}): Mapping {
+    const huge = options.hugetlb ?? false;
+    const ps = huge ? hugePageSize() : pageSize;
+    if (huge && ps === 0) throw invalid("memfd_create", "this kernel has no hugetlb support", "EOPNOTSUPP");
+    Mapping.#checkLength("memfd_create", length, ps);
+    const fd = libc.memfd_create(
+      cstring(options.name ?? "uffd"),
+      mm.MFD_CLOEXEC | (huge ? mm.MFD_HUGETLB : 0),
+    );
+    if (fd < 0) fail("memfd_create");
+    if (libc.ftruncate(fd, length) !== 0) {
+      const e = libc.errno();
+      libc.close(fd);
+      throw new UffdError("ftruncate", e);
+    }
+    const a = libc.mmap(0, length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_SHARED, fd, 0);
+    if (a === -1) {
+      const e = libc.errno();
+      libc.close(fd);
+      throw new UffdError("mmap", e);
+    }
+    return new Mapping(a, length, huge ? "hugetlb" : "shmem", ps, fd, true, true);
+  }
+
+  /** A read-only private mapping of a file (the kernel can copy straight from it). */
+  static file(path: string, length?: number): Mapping {
+    const fd = libc.open(cstring(path), 0 /* O_RDONLY */ | 0o2000000, 0);
+    if (fd < 0) fail("open");
+    const len = length ?? fileSize(fd);
+    if (len <= 0) {
+      libc.close(fd);
+      throw invalid("mmap", `file ${path} is empty`);
+    }
+    const rounded = Math.ceil(len / pageSize) * pageSize;
+    const a = libc.mmap(0, rounded, mm.PROT_READ, mm.MAP_PRIVATE, fd, 0);
+    if (a === -1) {
+      const e = libc.errno();
+      libc.close(fd);
+      throw new UffdError("mmap", e);
+    }
+    return new Mapping(a, rounded, "file", pageSize, fd, true, true);
+  }
+
+  /** Declares memory this library did not create (it will not be unmapped by close). */
+  static adopt(address: number, length: number, pageSz: number = pageSize): Mapping {
+    if (address % pageSz !== 0) throw invalid("adopt", `address must be ${pageSz}-aligned`);
+    Mapping.#checkLength("adopt", length, pageSz);
+    return new Mapping(address, length, "adopted", pageSz, -1, false, false);
+  }
+
+  /** A second shared mapping of the same memfd pages (shmem/hugetlb memfd only). */
+  alias(): Mapping {
+    this.#check("alias");
+    if (this.fd < 0 || (this.kind !== "shmem" && this.kind !== "hugetlb")) {
+      throw invalid("alias", "only a memfd mapping has an alias");
+    }
+    const a = libc.mmap(0, this.length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_SHARED, this.fd, 0);
+    if (a === -1) fail("mmap");
+    return new Mapping(a, this.length, this.kind, this.pageSize, this.fd, true, false);
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  /** Same as {@link address}, so a Mapping is a `Range`. */
+  get start(): number {
+    return this.address;
+  }
+
+  /** Same as {@link length}, so a Mapping is a `Range`. */
+  get len(): number {
+    return this.length;
+  }
+
+  /** Address of page `i`. */
+  page(i: number): number {
+    return this.address + i * this.pageSize;
+  }
+
+  /** A Uint8Array over the whole mapping (no copy). Do not use it after {@link close}. */
+  bytes(): Uint8Array {
+    this.#check("bytes");
+    this.#view ??= new Uint8Array(libc.view(this.address, this.length));
+    return this.#view;
+  }
+
+  #check(op: string): void {
+    if (this.#closed) throw invalid(op, "the mapping is closed", "EBADF");
+  }
+
+  #sub(op: string, offset: number, length: number): number {
+    this.#check(op);
+    if (offset % this.pageSize !== 0 || length % this.pageSize !== 0 || length <= 0) {
+      throw invalid(op, `offset and length must be positive multiples of ${this.pageSize}`);
+    }
+    if (offset < 0 || offset + length > this.length) {
+      throw invalid(op, `[${offset}, ${offset + length}) lies outside the ${this.length}-byte mapping`);
+    }
+    return this.address + offset;
+  }
+
+  /** `madvise(advice)` on a page-aligned part of the mapping. */
+  madvise(advice: number, offset = 0, length: number = this.length - offset): void {
+    const a = this.#sub("madvise", offset, length);
+    if (libc.madvise(a, length, advice) !== 0) fail("madvise");
+  }
+
+  /** `MADV_DONTNEED`: drop pages (anonymous memory reads as missing again). */
+  dontneed(offset = 0, length: number = this.length - offset): void {
+    this.madvise(mm.MADV_DONTNEED, offset, length);
+  }
+
+  /** `MADV_REMOVE`: free the backing pages of a shared mapping (punch a hole). */
+  remove(offset = 0, length: number = this.length - offset): void {
+    this.madvise(mm.MADV_REMOVE, offset, length);
+  }
+
+  /** `mprotect` on a page-aligned part of the mapping. */
+  protect(prot: number, offset = 0, length: number = this.length - offset): void {
+    const a = this.#sub("mprotect", offset, length);
+    if (libc.mprotect(a, length, prot) !== 0) fail("mprotect");
+  }
+
+  /**
+   * `mremap` the whole mapping to `newLength` (may move); returns a new Mapping
+   * that owns the memory and closes this one without unmapping.
+   */
+  remap(newLength: number, options: { dontUnmap?: boolean } = {}): Mapping {
+    this.#check("mremap");
+    Mapping.#checkLength("mremap", newLength, this.pageSize);
+    const flags = mm.MREMAP_MAYMOVE | (options.dontUnmap ? mm.MREMAP_DONTUNMAP : 0);
+    const a = libc.mremap(this.address, this.length, newLength, flags, 0);
+    if (a === -1) fail("mremap");
+    const next = new Mapping(a, newLength, this.kind, this.pageSize, this.fd, true, this.#ownsFd);
+    if (!options.dontUnmap) {
+      this.#owned = false;
+      this.#ownsFd = false;
+      this.close();
+    }
+    return next;
+  }
+
+  /** Unmaps (and closes the memfd it owns). Safe to call twice. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    live.delete(this);
+    this.#view = undefined;
+    if (this.#owned) libc.munmap(this.address, this.length);
+    if (this.#ownsFd) libc.close(this.fd);
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+function fileSize(fd: number): number {
+  // lseek(fd, 0, SEEK_END) through syscall 8
+  const n = libc.syscall(8, fd, 0, 2);
+  libc.syscall(8, fd, 0, 0);
+  return n;
+}

@@ -1,0 +1,129 @@
+/**
+ * Dirty tracking with `PAGEMAP_SCAN` on /proc/self/pagemap (Linux 6.7+), used with
+ * `UFFD_FEATURE_WP_ASYNC`: the kernel clears write protection itself on a write and
+ * the scan reports which pages were written, optionally re-protecting them.
+ * @module
+ */
+import { libc } from "../ffi/mod.ts";
+import { ioctl, O_CLOEXEC } from "./abi.ts";
+import { invalid, UffdError } from "./errors.ts";
+import { checkRange, cstring } from "./memory.ts";
+import { pm_scan_arg } from "./structs.ts";
+
+/** `PAGE_IS_*` categories of PAGEMAP_SCAN. */
+export const PAGE_IS = {
+  WPALLOWED: 1 << 0,
+  WRITTEN: 1 << 1,
+  FILE: 1 << 2,
+  PRESENT: 1 << 3,
+  SWAPPED: 1 << 4,
+  PFNZERO: 1 << 5,
+  HUGE: 1 << 6,
+  SOFT_DIRTY: 1 << 7,
+} as const;
+
+/** `PM_SCAN_WP_MATCHING`: write-protect the matching pages in the same walk. */
+export const PM_SCAN_WP_MATCHING = 1;
+/** `PM_SCAN_CHECK_WPASYNC`: fail unless the range is registered with WP_ASYNC. */
+export const PM_SCAN_CHECK_WPASYNC = 2;
+
+/** One `struct page_region`: `[start, end)` with its categories. */
+export interface PageRegion {
+  /** First address. */
+  start: number;
+  /** One past the last address. */
+  end: number;
+  /** `PAGE_IS_*` bits. */
+  categories: number;
+}
+
+/** Options of {@link PagemapScanner.scan}. */
+export interface ScanOptions {
+  /** Categories that must all be set (default WRITTEN). */
+  required?: number;
+  /** Categories of which at least one must be set (default none). */
+  anyOf?: number;
+  /** Categories that must be clear (inverted in the mask). */
+  excluded?: number;
+  /** Categories to report (default WRITTEN). */
+  report?: number;
+  /** Re-write-protect the matched pages in the same call (PM_SCAN_WP_MATCHING). */
+  reprotect?: boolean;
+  /** Fail (EPERM) unless the range is WP_ASYNC registered (PM_SCAN_CHECK_WPASYNC). */
+  checkWpAsync?: boolean;
+  /** Stop after this many pages (0: no limit). */
+  maxPages?: number;
+}
+
+/**
+ * A scanner over /proc/self/pagemap with a reusable region buffer.
+ *
+ * @example
+ * ```ts
+ * using scan = new PagemapScanner();
+ * const written = scan.scan(mem, { reprotect: true });
+ * ```
+ */
+export class PagemapScanner {
+  #fd: number;
+  #arg = pm_scan_arg();
+  #vec: Uint32Array;
+  #capacity: number;
+
+  constructor(capacity = 1024) {
+    this.#fd = libc.open(cstring("/proc/self/pagemap"), O_CLOEXEC, 0);
+    if (this.#fd < 0) throw new UffdError("open /proc/self/pagemap", libc.errno());
+    this.#capacity = capacity;
+    this.#vec = new Uint32Array(capacity * 6);
+  }
+
+  /** Scans `[start, start+len)` and returns the matching regions (merged runs of pages). */
+  scan(range: { start: number; len: number }, options: ScanOptions = {}): PageRegion[] {
+    const op = "PAGEMAP_SCAN";
+    if (this.#fd < 0) throw invalid(op, "the scanner is closed", "EBADF");
+    checkRange(op, range.start, range.len);
+    const required = options.required ?? PAGE_IS.WRITTEN;
+    const anyOf = options.anyOf ?? 0;
+    const excluded = options.excluded ?? 0;
+    const flags = (options.reprotect ? PM_SCAN_WP_MATCHING : 0) |
+      (options.checkWpAsync ? PM_SCAN_CHECK_WPASYNC : 0);
+    const out: PageRegion[] = [];
+    let start = range.start;
+    const end = range.start + range.len;
+    while (start < end) {
+      this.#arg.clear()
+        .set("size", 96).set("flags", flags).set("start", start).set("end", end)
+        .set("vec", libc.addressOf(this.#vec)).set("vec_len", this.#capacity)
+        .set("max_pages", options.maxPages ?? 0)
+        .set("category_inverted", excluded).set("category_mask", required | excluded)
+        .set("category_anyof_mask", anyOf).set("return_mask", options.report ?? (required | anyOf));
+      const n = libc.ioctl(this.#fd, ioctl.PAGEMAP_SCAN, this.#arg.bytes);
+      if (n < 0) throw new UffdError(op, libc.errno());
+      for (let i = 0; i < n; i++) {
+        const w = i * 6;
+        out.push({
+          start: this.#vec[w + 1] * 4294967296 + this.#vec[w],
+          end: this.#vec[w + 3] * 4294967296 + this.#vec[w + 2],
+          categories: this.#vec[w + 4],
+        });
+      }
+      const walkEnd = this.#arg.get("walk_end");
+      if (walkEnd >= end || n < this.#capacity || walkEnd <= start) break;
+      if (options.maxPages) break;
+      start = walkEnd;
+    }
+    return out;
+  }
+
+  /** Closes the pagemap descriptor; safe twice. */
+  close(): void {
+    if (this.#fd < 0) return;
+    libc.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}

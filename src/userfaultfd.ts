@@ -1,0 +1,617 @@
+/**
+ * The `Userfaultfd` descriptor: open, API handshake, register, resolve, events.
+ * @module
+ */
+import { libc } from "../ffi/mod.ts";
+import {
+  featureBit,
+  type FeatureName,
+  featureNames,
+  ioctl,
+  type IoctlName,
+  ioctlNames,
+  NR_userfaultfd,
+  O_CLOEXEC,
+  O_NONBLOCK,
+  O_RDWR,
+  UFFD_API,
+  UFFD_USER_MODE_ONLY,
+  UFFDIO_CONTINUE_MODE_DONTWAKE,
+  UFFDIO_CONTINUE_MODE_WP,
+  UFFDIO_COPY_MODE_DONTWAKE,
+  UFFDIO_COPY_MODE_WP,
+  UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES,
+  UFFDIO_MOVE_MODE_DONTWAKE,
+  UFFDIO_POISON_MODE_DONTWAKE,
+  UFFDIO_REGISTER_MODE_MINOR,
+  UFFDIO_REGISTER_MODE_MISSING,
+  UFFDIO_REGISTER_MODE_WP,
+  UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+  UFFDIO_WRITEPROTECT_MODE_WP,
+  UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+} from "./abi.ts";
+import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { EventBuffer, type UffdEvent } from "./events.ts";
+import { FdWatcher } from "./fd_watcher.ts";
+import { checkRange, cstring } from "./memory.ts";
+import { POLLIN } from "./eventfd.ts";
+import {
+  type U64Struct,
+  uffdio_api,
+  uffdio_continue,
+  uffdio_copy,
+  uffdio_move,
+  uffdio_poison,
+  uffdio_range,
+  uffdio_register,
+  uffdio_writeprotect,
+  uffdio_zeropage,
+} from "./structs.ts";
+
+/** A byte range `[start, start + len)`; a {@link Mapping} is one. */
+export interface Range {
+  /** First address (page-aligned). */
+  readonly start: number;
+  /** Length in bytes (page multiple). */
+  readonly len: number;
+}
+
+/** How to obtain the descriptor. */
+export type OpenVia = "auto" | "syscall" | "device";
+
+/** Options of {@link Userfaultfd.open}. */
+export interface OpenOptions {
+  /** Features to enable in the API handshake, by name. Unsupported ones throw before the handshake. */
+  features?: readonly FeatureName[];
+  /** `O_NONBLOCK`: reads return no event instead of blocking (default false). */
+  nonBlocking?: boolean;
+  /** `O_CLOEXEC` (default true). */
+  closeOnExec?: boolean;
+  /** `UFFD_USER_MODE_ONLY`: faults taken in kernel mode are not delivered (default true). */
+  userModeOnly?: boolean;
+  /** The `userfaultfd` syscall, `/dev/userfaultfd`, or the syscall then the device (default). */
+  via?: OpenVia;
+  /** Perform the `UFFDIO_API` handshake now (default true). */
+  handshake?: boolean;
+}
+
+/** Register modes. */
+export interface RegisterOptions {
+  /** `UFFDIO_REGISTER_MODE_MISSING` (default when no mode is given). */
+  missing?: boolean;
+  /** `UFFDIO_REGISTER_MODE_WP`. */
+  wp?: boolean;
+  /** `UFFDIO_REGISTER_MODE_MINOR`. */
+  minor?: boolean;
+}
+
+/** What `UFFDIO_REGISTER` reports: the ioctls usable on the range. */
+export interface RegisterResult {
+  /** The ioctls available on the registered range, by name. */
+  ioctls: IoctlName[];
+  /** The low 32 bits of the raw `ioctls` mask. */
+  ioctlBits: number;
+}
+
+/** What the kernel supports, from a throwaway descriptor. */
+export interface ProbeResult {
+  /** Supported features by name. */
+  features: FeatureName[];
+  /** The raw feature mask. */
+  featureBits: number;
+  /** Feature bits this library has no name for (kept, not rejected). */
+  unknownFeatureBits: number;
+  /** ioctls available on the descriptor after the handshake, by name. */
+  ioctls: IoctlName[];
+  /** The raw ioctl mask, bits 0..52 (bit 63, `_UFFDIO_API`, shows in {@link ProbeResult.ioctls}). */
+  ioctlBits: number;
+  /** How the probe descriptor was opened. */
+  openedVia: "syscall" | "device";
+}
+
+/** Options of {@link Userfaultfd.copy}. */
+export interface CopyOptions extends Range {
+  /** Source: an address inside a library mapping, or bytes (staged when not page-aligned). */
+  src: number | ArrayBufferView;
+  /** `UFFDIO_COPY_MODE_DONTWAKE`. */
+  dontwake?: boolean;
+  /** `UFFDIO_COPY_MODE_WP`: map the page write-protected. */
+  wp?: boolean;
+}
+
+/** Options of {@link Userfaultfd.move}. */
+export interface MoveOptions extends Range {
+  /** Source address (page-aligned, inside a library mapping). */
+  src: number;
+  /** `UFFDIO_MOVE_MODE_DONTWAKE`. */
+  dontwake?: boolean;
+  /** `UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES`. */
+  allowSrcHoles?: boolean;
+}
+
+/** A range plus `dontwake`. */
+export interface DontwakeRange extends Range {
+  /** Do not wake the faulting threads. */
+  dontwake?: boolean;
+}
+
+/** Options of {@link Userfaultfd.writeprotect}. */
+export interface WriteprotectOptions extends DontwakeRange {
+  /** true to write-protect, false to remove protection (and wake). */
+  wp: boolean;
+}
+
+/** Options of {@link Userfaultfd.continue}. */
+export interface ContinueOptions extends DontwakeRange {
+  /** `UFFDIO_CONTINUE_MODE_WP`: map the page write-protected. */
+  wp?: boolean;
+}
+
+/** Options of {@link Userfaultfd.readEvents}. */
+export interface ReadOptions {
+  /** Wait at most this many milliseconds (0: do not wait); omitted: block (unless non-blocking). */
+  timeout?: number;
+}
+
+const PAGE_ALIGN_STAGING = 4096;
+let probed: ProbeResult | undefined;
+
+function checkKeys(op: string, options: object, allowed: readonly string[]): void {
+  for (const k of Object.keys(options)) {
+    if (!allowed.includes(k)) {
+      throw invalid(op, `unknown option "${k}"; known: ${allowed.join(", ")}`);
+    }
+  }
+}
+
+function openFd(op: string, flags: number, via: OpenVia): { fd: number; via: "syscall" | "device" } {
+  let errno = 0;
+  if (via !== "device") {
+    const fd = libc.syscall(NR_userfaultfd, flags);
+    if (fd >= 0) return { fd, via: "syscall" };
+    errno = libc.errno();
+    if (via === "syscall") throw new UffdError(op, errno);
+  }
+  const dev = libc.open(cstring("/dev/userfaultfd"), O_RDWR | O_CLOEXEC, 0);
+  if (dev < 0) throw new UffdError(op, errno || libc.errno());
+  const fd = libc.syscall(16, /* ioctl */ dev, ioctl.USERFAULTFD_IOC_NEW, flags);
+  const e = libc.errno();
+  libc.close(dev);
+  if (fd < 0) throw new UffdError(op, errno || e);
+  return { fd, via: "device" };
+}
+
+/**
+ * A userfaultfd descriptor. Methods are named after the ioctls; every method that
+ * places pages returns the bytes done and throws {@link UffdError} with the partial
+ * progress and the signed result field on failure.
+ *
+ * @example
+ * ```ts
+ * using uffd = Userfaultfd.open({ features: ["THREAD_ID"] });
+ * using mem = Mapping.anonymous(4 * pageSize);
+ * uffd.register(mem, { missing: true });
+ * ```
+ */
+export class Userfaultfd {
+  #fd: number;
+  #features = 0;
+  #ioctls: IoctlName[] = [];
+  #handshaken = false;
+  #watchers = new Set<FdWatcher>();
+  #nonBlocking: boolean;
+  readonly #api = uffdio_api();
+  readonly #reg = uffdio_register();
+  readonly #range = uffdio_range();
+  readonly #copy = uffdio_copy();
+  readonly #zero = uffdio_zeropage();
+  readonly #move = uffdio_move();
+  readonly #wp = uffdio_writeprotect();
+  readonly #cont = uffdio_continue();
+  readonly #poison = uffdio_poison();
+  readonly #pollfd = new Int32Array(2);
+  #staging: Uint8Array | undefined;
+
+  private constructor(fd: number, nonBlocking: boolean) {
+    this.#fd = fd;
+    this.#nonBlocking = nonBlocking;
+  }
+
+  /** Opens a descriptor and (by default) performs the API handshake with the requested features. */
+  static open(options: OpenOptions = {}): Userfaultfd {
+    checkKeys("open", options, [
+      "features",
+      "nonBlocking",
+      "closeOnExec",
+      "userModeOnly",
+      "via",
+      "handshake",
+    ]);
+    const via = options.via ?? "auto";
+    if (!["auto", "syscall", "device"].includes(via)) {
+      throw invalid("open", `via must be "auto", "syscall" or "device" (got ${via})`);
+    }
+    const features = options.features ?? [];
+    for (const f of features) featureBit(f as FeatureName);
+    if (features.length > 0) {
+      const missing = features.filter((f) => !Userfaultfd.probe().features.includes(f));
+      if (missing.length > 0) {
+        throw invalid("UFFDIO_API", `this kernel does not support ${missing.join(", ")}`, "EOPNOTSUPP");
+      }
+    }
+    const nonBlocking = options.nonBlocking ?? false;
+    const flags = ((options.closeOnExec ?? true) ? O_CLOEXEC : 0) |
+      (nonBlocking ? O_NONBLOCK : 0) |
+      ((options.userModeOnly ?? true) ? UFFD_USER_MODE_ONLY : 0);
+    const { fd } = openFd("open", flags, via);
+    const u = new Userfaultfd(fd, nonBlocking);
+    if (options.handshake ?? true) {
+      try {
+        u.api(features);
+      } catch (e) {
+        u.close();
+        throw e;
+      }
+    }
+    return u;
+  }
+
+  /**
+   * Wraps a descriptor that already did its handshake (a fork event's `ufd`, or one
+   * received over a socket). `features` are those it was created with.
+   */
+  static fromFd(fd: number, features: readonly FeatureName[] | number = 0, nonBlocking = false): Userfaultfd {
+    if (!Number.isInteger(fd) || fd < 0) throw invalid("fromFd", `not a descriptor: ${fd}`, "EBADF");
+    const u = new Userfaultfd(fd, nonBlocking);
+    u.#features = typeof features === "number" ? features : features.reduce((m, f) => m + featureBit(f), 0);
+    u.#handshaken = true;
+    return u;
+  }
+
+  /**
+   * Reports what the kernel supports, using a throwaway descriptor (a real one can
+   * do the handshake only once). The result is cached for the process.
+   */
+  static probe(options: { refresh?: boolean } = {}): ProbeResult {
+    if (probed && !options.refresh) return probed;
+    const { fd, via } = openFd("probe", O_CLOEXEC | UFFD_USER_MODE_ONLY, "auto");
+    try {
+      const api = uffdio_api().set("api", UFFD_API).set("features", 0);
+      if (libc.ioctl(fd, ioctl.UFFDIO_API, api.bytes) !== 0) throw new UffdError("UFFDIO_API", libc.errno());
+      // features is a u64; this kernel's bits fit in 53. The top bit on older kernels
+      // (UFFD_API_FEATURES with bit 63 set) is not a feature.
+      const bits = api.words[2] + (api.words[3] & 0x1fffff) * 4294967296;
+      const { names, unknown } = featureNames(bits);
+      const ioctlBits = api.words[4] + (api.words[5] & 0x1fffff) * 4294967296;
+      const ioctls = ioctlNames(api.words[4], api.words[5]);
+      probed = {
+        features: names,
+        featureBits: bits,
+        unknownFeatureBits: unknown,
+        ioctls,
+        ioctlBits,
+        openedVia: via,
+      };
+      return probed;
+    } finally {
+      libc.close(fd);
+    }
+  }
+
+  /** The descriptor number (-1 after close). */
+  get fd(): number {
+    return this.#fd;
+  }
+
+  /** Whether {@link close} has run. */
+  get closed(): boolean {
+    return this.#fd < 0;
+  }
+
+  /** Feature names enabled on this descriptor. */
+  get features(): FeatureName[] {
+    return featureNames(this.#features).names;
+  }
+
+  /** The raw enabled feature mask. */
+  get featureBits(): number {
+    return this.#features;
+  }
+
+  /** ioctls the handshake reported, by name. */
+  get ioctls(): IoctlName[] {
+    return [...this.#ioctls];
+  }
+
+  /** Whether a feature is enabled on this descriptor. */
+  has(feature: FeatureName): boolean {
+    return Math.floor(this.#features / featureBit(feature)) % 2 === 1;
+  }
+
+  #checkOpen(op: string): void {
+    if (this.#fd < 0) {
+      throw invalid(op, "the userfaultfd is closed; open a new one with Userfaultfd.open()", "EBADF");
+    }
+  }
+
+  #need(op: string, feature: FeatureName): void {
+    if (!this.has(feature)) {
+      throw invalid(op, `needs feature ${feature}: open with { features: ["${feature}"] }`);
+    }
+  }
+
+  /** Runs an ioctl on the descriptor; throws UffdError with the signed result field. */
+  #run<F extends string>(op: string, req: number, s: U64Struct<F>, result?: F): number {
+    if (libc.ioctl(this.#fd, req, s.bytes) === 0) return result ? s.getSigned(result) : 0;
+    let errno = libc.errno();
+    if (result === undefined) throw new UffdError(op, errno);
+    const r = s.getSigned(result);
+    if (r < 0) errno = -r; // more reliable than errno across threads
+    throw new UffdError(op, errno, { result: r, done: r > 0 ? r : 0 });
+  }
+
+  /**
+   * `UFFDIO_API`: the handshake, enabling `features`. Only once per descriptor
+   * (the kernel answers EINVAL to a second one).
+   */
+  api(features: readonly FeatureName[] = []): { features: FeatureName[]; ioctls: IoctlName[] } {
+    this.#checkOpen("UFFDIO_API");
+    if (this.#handshaken) {
+      throw invalid(
+        "UFFDIO_API",
+        "the handshake was already done on this descriptor (the kernel allows one)",
+      );
+    }
+    let mask = 0;
+    for (const f of features) mask += featureBit(f);
+    this.#api.clear().set("api", UFFD_API).set("features", mask);
+    this.#run("UFFDIO_API", ioctl.UFFDIO_API, this.#api);
+    this.#handshaken = true;
+    this.#features = mask;
+    this.#ioctls = ioctlNames(this.#api.words[4], this.#api.words[5]);
+    return { features: this.features, ioctls: this.ioctls };
+  }
+
+  #handshakeDone(op: string): void {
+    this.#checkOpen(op);
+    if (!this.#handshaken) throw invalid(op, "do the UFFDIO_API handshake first (api())");
+  }
+
+  /** `UFFDIO_REGISTER`: start handling faults of `range` in the given modes. */
+  register(range: Range, options: RegisterOptions = {}): RegisterResult {
+    const op = "UFFDIO_REGISTER";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["missing", "wp", "minor"]);
+    checkRange(op, range.start, range.len);
+    const any = options.missing || options.wp || options.minor;
+    const mode = (any ? (options.missing ? UFFDIO_REGISTER_MODE_MISSING : 0) : UFFDIO_REGISTER_MODE_MISSING) |
+      (options.wp ? UFFDIO_REGISTER_MODE_WP : 0) |
+      (options.minor ? UFFDIO_REGISTER_MODE_MINOR : 0);
+    this.#reg.clear().set("start", range.start).set("len", range.len).set("mode", mode);
+    this.#run(op, ioctl.UFFDIO_REGISTER, this.#reg);
+    return { ioctls: ioctlNames(this.#reg.words[6], this.#reg.words[7]), ioctlBits: this.#reg.words[6] };
+  }
+
+  #rangeOp(op: string, req: number, range: Range): void {
+    this.#handshakeDone(op);
+    checkRange(op, range.start, range.len);
+    this.#range.set("start", range.start).set("len", range.len);
+    this.#run(op, req, this.#range);
+  }
+
+  /** `UFFDIO_UNREGISTER`. */
+  unregister(range: Range): void {
+    this.#rangeOp("UFFDIO_UNREGISTER", ioctl.UFFDIO_UNREGISTER, range);
+  }
+
+  /** `UFFDIO_WAKE`: wake threads waiting on faults in `range`. */
+  wake(range: Range): void {
+    this.#rangeOp("UFFDIO_WAKE", ioctl.UFFDIO_WAKE, range);
+  }
+
+  #stage(src: ArrayBufferView, len: number): number {
+    if (src.byteLength < len) {
+      throw invalid("UFFDIO_COPY", `src holds ${src.byteLength} bytes, len is ${len}`);
+    }
+    const addr = libc.addressOf(src);
+    if (addr % PAGE_ALIGN_STAGING === 0) return addr;
+    // JS buffers are rarely page-aligned; the kernel needs an aligned source.
+    if (!this.#staging || this.#staging.byteLength < len + PAGE_ALIGN_STAGING) {
+      this.#staging = new Uint8Array(len + PAGE_ALIGN_STAGING);
+    }
+    const base = libc.addressOf(this.#staging);
+    const off = (PAGE_ALIGN_STAGING - (base % PAGE_ALIGN_STAGING)) % PAGE_ALIGN_STAGING;
+    this.#staging.set(new Uint8Array(src.buffer, src.byteOffset, len), off);
+    return base + off;
+  }
+
+  /** `UFFDIO_COPY`: atomically copy `len` bytes from `src` into the missing pages at `start`. */
+  copy(options: CopyOptions): number {
+    const op = "UFFDIO_COPY";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "src", "dontwake", "wp"]);
+    checkRange(op, options.start, options.len, "dst");
+    let src: number;
+    if (typeof options.src === "number") {
+      checkRange(op, options.src, options.len, "src");
+      src = options.src;
+    } else {
+      src = this.#stage(options.src, options.len);
+    }
+    const mode = (options.dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0) | (options.wp ? UFFDIO_COPY_MODE_WP : 0);
+    this.#copy.set("dst", options.start).set("src", src).set("len", options.len).set("mode", mode).set(
+      "copy",
+      0,
+    );
+    const held = options.src; // keep the source referenced until the kernel has read it
+    const n = this.#run(op, ioctl.UFFDIO_COPY, this.#copy, "copy");
+    void held;
+    return n;
+  }
+
+  /** `UFFDIO_ZEROPAGE`: map zero pages over `range`. */
+  zeropage(options: DontwakeRange): number {
+    const op = "UFFDIO_ZEROPAGE";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "dontwake"]);
+    checkRange(op, options.start, options.len);
+    this.#zero.set("start", options.start).set("len", options.len)
+      .set("mode", options.dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0).set("zeropage", 0);
+    return this.#run(op, ioctl.UFFDIO_ZEROPAGE, this.#zero, "zeropage");
+  }
+
+  /** `UFFDIO_WRITEPROTECT`: set (`wp: true`) or clear write protection on `range`. */
+  writeprotect(options: WriteprotectOptions): void {
+    const op = "UFFDIO_WRITEPROTECT";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "wp", "dontwake"]);
+    if (typeof options.wp !== "boolean") throw invalid(op, "wp must be true (protect) or false (unprotect)");
+    checkRange(op, options.start, options.len);
+    const mode = (options.wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0) |
+      (options.dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
+    this.#wp.set("start", options.start).set("len", options.len).set("mode", mode);
+    this.#run(op, ioctl.UFFDIO_WRITEPROTECT, this.#wp);
+  }
+
+  /** `UFFDIO_CONTINUE`: map the page-cache pages already present for a minor fault. */
+  continue(options: ContinueOptions): number {
+    const op = "UFFDIO_CONTINUE";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "dontwake", "wp"]);
+    checkRange(op, options.start, options.len);
+    const mode = (options.dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0) |
+      (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0);
+    this.#cont.set("start", options.start).set("len", options.len).set("mode", mode).set("mapped", 0);
+    return this.#run(op, ioctl.UFFDIO_CONTINUE, this.#cont, "mapped");
+  }
+
+  /** `UFFDIO_POISON`: mark `range` poisoned; touching it raises SIGBUS. Needs feature POISON. */
+  poison(options: DontwakeRange): number {
+    const op = "UFFDIO_POISON";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "dontwake"]);
+    this.#need(op, "POISON");
+    checkRange(op, options.start, options.len);
+    this.#poison.set("start", options.start).set("len", options.len)
+      .set("mode", options.dontwake ? UFFDIO_POISON_MODE_DONTWAKE : 0).set("updated", 0);
+    return this.#run(op, ioctl.UFFDIO_POISON, this.#poison, "updated");
+  }
+
+  /** `UFFDIO_MOVE`: remap pages from `src` to `start` without copying. Needs feature MOVE. */
+  move(options: MoveOptions): number {
+    const op = "UFFDIO_MOVE";
+    this.#handshakeDone(op);
+    checkKeys(op, options, ["start", "len", "src", "dontwake", "allowSrcHoles"]);
+    this.#need(op, "MOVE");
+    checkRange(op, options.start, options.len, "dst");
+    checkRange(op, options.src, options.len, "src");
+    const mode = (options.dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0) |
+      (options.allowSrcHoles ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0);
+    this.#move.set("dst", options.start).set("src", options.src).set("len", options.len).set("mode", mode)
+      .set("move", 0);
+    return this.#run(op, ioctl.UFFDIO_MOVE, this.#move, "move");
+  }
+
+  /** Waits up to `timeout` ms for the descriptor to be readable. */
+  #waitReadable(timeout: number): boolean {
+    this.#pollfd[0] = this.#fd;
+    this.#pollfd[1] = POLLIN;
+    for (;;) {
+      const r = libc.poll(this.#pollfd, 1, timeout);
+      if (r >= 0) return r > 0;
+      const e = libc.errno();
+      if (e !== ERRNO.EINTR) throw new UffdError("poll", e);
+    }
+  }
+
+  /**
+   * Reads up to `buf.capacity` messages with one `read()`. Returns how many were
+   * read (0 on timeout, or when non-blocking and none are pending).
+   */
+  readEvents(buf: EventBuffer, options: ReadOptions = {}): number {
+    this.#checkOpen("read");
+    buf.count = 0;
+    if (options.timeout !== undefined && !this.#waitReadable(options.timeout)) return 0;
+    for (;;) {
+      const n = libc.read(this.#fd, buf.bytes, buf.bytes.byteLength);
+      if (n >= 0) {
+        buf.count = Math.floor(n / 32);
+        return buf.count;
+      }
+      const e = libc.errno();
+      if (e === ERRNO.EAGAIN) return 0;
+      if (e !== ERRNO.EINTR) throw new UffdError("read", e);
+    }
+  }
+
+  /** Reads one event; `undefined` on timeout or when non-blocking and none is pending. */
+  readEvent(options: ReadOptions = {}): UffdEvent | undefined {
+    const buf = new EventBuffer(1);
+    return this.readEvents(buf, options) ? buf.event(0) : undefined;
+  }
+
+  /**
+   * Events as an async iterator that never blocks the event loop: a Worker waits in
+   * poll() and the main thread reads. Ends on `signal` abort or {@link close}.
+   *
+   * @example
+   * ```ts
+   * for await (const ev of uffd.events({ signal })) {
+   *   if (ev.type === "pagefault") uffd.zeropage({ start: ev.address, len: pageSize });
+   * }
+   * ```
+   */
+  async *events(options: { signal?: AbortSignal; batch?: number } = {}): AsyncGenerator<UffdEvent> {
+    this.#checkOpen("events");
+    const buf = new EventBuffer(options.batch ?? 16);
+    const watcher = new FdWatcher(this.#fd);
+    this.#watchers.add(watcher);
+    const onAbort = () => watcher.close();
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    try {
+      while (this.#fd >= 0 && !options.signal?.aborted) {
+        if (this.readEvents(buf, { timeout: 0 }) > 0) {
+          for (let i = 0; i < buf.count; i++) yield buf.event(i);
+          continue;
+        }
+        if (!(await watcher.readable())) break;
+      }
+    } finally {
+      options.signal?.removeEventListener("abort", onAbort);
+      this.#watchers.delete(watcher);
+      watcher.close();
+    }
+  }
+
+  /** Whether reads on this descriptor do not block. */
+  get nonBlocking(): boolean {
+    return this.#nonBlocking;
+  }
+
+  /**
+   * Closes the descriptor. Blocked faulters wake and the range behaves like
+   * ordinary memory again (missing pages read as zeros). Safe to call twice.
+   */
+  close(): void {
+    if (this.#fd < 0) return;
+    for (const w of this.#watchers) w.close();
+    this.#watchers.clear();
+    libc.close(this.#fd);
+    this.#fd = -1;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+}
+
+/**
+ * Raw `ioctl` on any descriptor with a struct buffer, for cases the checked API
+ * refuses on purpose (e.g. to observe the kernel's own EINVAL). Returns the ioctl
+ * result and errno; nothing is checked.
+ */
+export function rawIoctl(fd: number, request: number, arg: Uint8Array): { result: number; errno: number } {
+  const result = libc.ioctl(fd, request, arg);
+  return { result, errno: result < 0 ? libc.errno() : 0 };
+}
