@@ -67,3 +67,12 @@ export {
   Userfaultfd,
   type WriteprotectOptions,
 } from "./src/userfaultfd.ts";
+export {
+  type ErrorPolicy,
+  FaultServer,
+  type FaultServerOptions,
+  type FaultServerStats,
+  type FillFunction,
+  type PageSource,
+  type Placement,
+} from "./src/server/fault_server.ts";

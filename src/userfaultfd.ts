@@ -4,6 +4,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import {
+  FEATURE_NAMES,
   featureBit,
   type FeatureName,
   featureNames,
@@ -33,7 +34,7 @@ import {
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { EventBuffer, type UffdEvent } from "./events.ts";
 import { FdWatcher } from "./fd_watcher.ts";
-import { checkRange, cstring } from "./memory.ts";
+import { checkRange, cstring, findMapping } from "./memory.ts";
 import { POLLIN } from "./eventfd.ts";
 import {
   type U64Struct,
@@ -111,7 +112,7 @@ export interface ProbeResult {
 
 /** Options of {@link Userfaultfd.copy}. */
 export interface CopyOptions extends Range {
-  /** Source: an address inside a library mapping, or bytes (staged when not page-aligned). */
+  /** Source: an address inside a library mapping, or bytes (any alignment; read in place). */
   src: number | ArrayBufferView;
   /** `UFFDIO_COPY_MODE_DONTWAKE`. */
   dontwake?: boolean;
@@ -153,13 +154,20 @@ export interface ReadOptions {
   timeout?: number;
 }
 
-const PAGE_ALIGN_STAGING = 4096;
 let probed: ProbeResult | undefined;
 
 function checkKeys(op: string, options: object, allowed: readonly string[]): void {
   for (const k of Object.keys(options)) {
     if (!allowed.includes(k)) {
       throw invalid(op, `unknown option "${k}"; known: ${allowed.join(", ")}`);
+    }
+  }
+}
+
+function checkFeatureNames(op: string, features: readonly string[]): void {
+  for (const f of features) {
+    if (!(FEATURE_NAMES as readonly string[]).includes(f)) {
+      throw invalid(op, `unknown userfaultfd feature "${f}"; known: ${FEATURE_NAMES.join(", ")}`);
     }
   }
 }
@@ -210,7 +218,6 @@ export class Userfaultfd {
   readonly #cont = uffdio_continue();
   readonly #poison = uffdio_poison();
   readonly #pollfd = new Int32Array(2);
-  #staging: Uint8Array | undefined;
 
   private constructor(fd: number, nonBlocking: boolean) {
     this.#fd = fd;
@@ -232,7 +239,7 @@ export class Userfaultfd {
       throw invalid("open", `via must be "auto", "syscall" or "device" (got ${via})`);
     }
     const features = options.features ?? [];
-    for (const f of features) featureBit(f as FeatureName);
+    checkFeatureNames("open", features);
     if (features.length > 0) {
       const missing = features.filter((f) => !Userfaultfd.probe().features.includes(f));
       if (missing.length > 0) {
@@ -362,6 +369,7 @@ export class Userfaultfd {
         "the handshake was already done on this descriptor (the kernel allows one)",
       );
     }
+    checkFeatureNames("UFFDIO_API", features);
     let mask = 0;
     for (const f of features) mask += featureBit(f);
     this.#api.clear().set("api", UFFD_API).set("features", mask);
@@ -409,22 +417,6 @@ export class Userfaultfd {
     this.#rangeOp("UFFDIO_WAKE", ioctl.UFFDIO_WAKE, range);
   }
 
-  #stage(src: ArrayBufferView, len: number): number {
-    if (src.byteLength < len) {
-      throw invalid("UFFDIO_COPY", `src holds ${src.byteLength} bytes, len is ${len}`);
-    }
-    const addr = libc.addressOf(src);
-    if (addr % PAGE_ALIGN_STAGING === 0) return addr;
-    // JS buffers are rarely page-aligned; the kernel needs an aligned source.
-    if (!this.#staging || this.#staging.byteLength < len + PAGE_ALIGN_STAGING) {
-      this.#staging = new Uint8Array(len + PAGE_ALIGN_STAGING);
-    }
-    const base = libc.addressOf(this.#staging);
-    const off = (PAGE_ALIGN_STAGING - (base % PAGE_ALIGN_STAGING)) % PAGE_ALIGN_STAGING;
-    this.#staging.set(new Uint8Array(src.buffer, src.byteOffset, len), off);
-    return base + off;
-  }
-
   /** `UFFDIO_COPY`: atomically copy `len` bytes from `src` into the missing pages at `start`. */
   copy(options: CopyOptions): number {
     const op = "UFFDIO_COPY";
@@ -433,10 +425,15 @@ export class Userfaultfd {
     checkRange(op, options.start, options.len, "dst");
     let src: number;
     if (typeof options.src === "number") {
-      checkRange(op, options.src, options.len, "src");
+      if (!findMapping(options.src, options.len)) {
+        throw invalid(op, `src 0x${options.src.toString(16)}+${options.len} is not inside a library mapping`);
+      }
       src = options.src;
     } else {
-      src = this.#stage(options.src, options.len);
+      if (options.src.byteLength < options.len) {
+        throw invalid(op, `src holds ${options.src.byteLength} bytes, len is ${options.len}`);
+      }
+      src = libc.addressOf(options.src); // the kernel accepts an unaligned source
     }
     const mode = (options.dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0) | (options.wp ? UFFDIO_COPY_MODE_WP : 0);
     this.#copy.set("dst", options.start).set("src", src).set("len", options.len).set("mode", mode).set(
@@ -518,6 +515,15 @@ export class Userfaultfd {
     this.#pollfd[1] = POLLIN;
     for (;;) {
       const r = libc.poll(this.#pollfd, 1, timeout);
+      // A blocking (or not yet handshaken) userfaultfd always polls as POLLERR (8), so poll
+      // cannot wait on it and a read would block regardless of the timeout.
+      if (r > 0 && (this.#pollfd[1] >>> 16) & 8) {
+        throw invalid(
+          "read",
+          "poll(2) cannot wait on a blocking userfaultfd (it always reports POLLERR): " +
+            "open with { nonBlocking: true } to read with a timeout or iterate events()",
+        );
+      }
       if (r >= 0) return r > 0;
       const e = libc.errno();
       if (e !== ERRNO.EINTR) throw new UffdError("poll", e);

@@ -1,0 +1,425 @@
+/**
+ * Memory that fills itself: a region, a page source and a Worker that resolves the
+ * faults. The caller reads and writes the memory from its own thread (or Workers);
+ * counters live in shared memory and can be read at any time without messaging.
+ * @module
+ */
+import { invalid, UffdError } from "../errors.ts";
+import { EventFd } from "../eventfd.ts";
+import { Mapping, pageSize as systemPageSize } from "../memory.ts";
+import { Userfaultfd } from "../userfaultfd.ts";
+import {
+  CTRL,
+  CTRL_COUNT,
+  ERROR_BYTES,
+  type ErrorPolicy,
+  PAGE,
+  type Placement,
+  type ServerInit,
+  type SourceInit,
+  STAT,
+  STAT_COUNT,
+  STATE,
+} from "./layout.ts";
+
+export type { ErrorPolicy, Placement } from "./layout.ts";
+export type { FillFunction } from "./loop.ts";
+
+/**
+ * Where pages come from.
+ * - `bytes`: a buffer; a SharedArrayBuffer (or a view on one) is read in place, any other
+ *   buffer is copied once into shared memory.
+ * - `file`: a file mapped read-only; the kernel copies straight from the page cache.
+ * - `zero`: zero pages (UFFDIO_ZEROPAGE), `length` bytes.
+ * - `memfd`: a memfd {@link Mapping} whose pages are populated out of band (through it or
+ *   an alias); the server maps the same pages and resolves minor faults with UFFDIO_CONTINUE.
+ * - `module`: a module URL exporting `fill(offset, dest)` (sync or async) that fills `dest`
+ *   with the bytes at `offset` or returns a Uint8Array holding them; optional `init(options)`.
+ */
+export type PageSource =
+  | { kind: "bytes"; data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer }
+  | { kind: "file"; path: string }
+  | { kind: "zero"; length: number }
+  | { kind: "memfd"; mapping: Mapping }
+  | { kind: "module"; url: string | URL; length: number; options?: unknown };
+
+/** Options of {@link FaultServer}. */
+export interface FaultServerOptions {
+  /** The page source. */
+  source: PageSource;
+  /** How to place pages (default: copy; zeropage for `zero`, continue for `memfd`). `move` stages then UFFDIO_MOVE. */
+  placement?: Placement;
+  /**
+   * Readahead: a number of pages per fault (aligned window, default 1), or `"adaptive"`
+   * (grows on sequential faults up to 16 pages, back to 1 on random ones), or bounds.
+   */
+  readahead?: number | "adaptive" | { min?: number; max?: number };
+  /** Source failures: retries (default 2), then `"poison"` (default: the toucher gets SIGBUS) or `"zero"`. */
+  onError?: Partial<ErrorPolicy>;
+  /**
+   * Spin with poll(0) this many microseconds before blocking, to skip the cross-CPU
+   * wake-up (~25 us on a VM). Costs a busy CPU while idle within the window. Default 0.
+   */
+  busyPollUs?: number;
+  /** Messages read per read() (default 32). */
+  batch?: number;
+  /**
+   * Pages the caller drops with madvise (a REMOVE event): `"zero"` serves zeros next time,
+   * as Firecracker does and as madvise promises (default); `"source"` serves the source again.
+   */
+  onRemove?: "zero" | "source";
+  /** Stops the server when aborted. */
+  signal?: AbortSignal;
+  /** How long close() waits for the Worker to drain, in ms (default 5000). */
+  closeTimeoutMs?: number;
+}
+
+/** A snapshot of the server's counters. */
+export interface FaultServerStats {
+  /** Page-fault messages read. */
+  faults: number;
+  /** Pages placed. */
+  pages: number;
+  /** Bytes placed. */
+  bytes: number;
+  /** EEXIST answers (page already present). */
+  eexist: number;
+  /** EAGAIN answers (address space changing, retried). */
+  eagain: number;
+  /** Source or placement errors. */
+  errors: number;
+  /** Worst time to resolve one fault, microseconds. */
+  maxLatencyUs: number;
+  /** Mean time to resolve one fault, microseconds. */
+  meanLatencyUs: number;
+  /** Non-fault events (REMOVE, UNMAP, REMAP). */
+  events: number;
+  /** UFFDIO_WAKE calls. */
+  wakes: number;
+  /** Current readahead window, pages. */
+  window: number;
+  /** Pages poisoned after a source failure. */
+  poisoned: number;
+  /** Pages zero-filled after a source failure (policy `zero`). */
+  zeroed: number;
+  /** Source retries. */
+  retries: number;
+  /** Batches found while busy-polling. */
+  spinHits: number;
+  /** read() calls that returned messages. */
+  reads: number;
+  /** Pages dropped by madvise. */
+  removed: number;
+  /** JS heap of the Worker when it started, bytes (0 where the runtime does not report it). */
+  heapStart: number;
+  /** JS heap of the Worker at the last sample (every 65536 faults and at stop), bytes. */
+  heapNow: number;
+}
+
+const MAX_ADAPTIVE = 16;
+
+/**
+ * Serves page faults of a region from a {@link PageSource} in a Worker.
+ *
+ * @example
+ * ```ts
+ * const data = new SharedArrayBuffer(1 << 20);
+ * await using server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });
+ * const mem = server.bytes(); // fills itself on first touch
+ * console.log(mem[12345], server.stats.faults);
+ * ```
+ */
+export class FaultServer {
+  /** Resolves when the Worker serves faults; rejects if it could not start. */
+  readonly ready: Promise<void>;
+  /** The served memory. */
+  readonly mapping: Mapping;
+  /** The descriptor. */
+  readonly uffd: Userfaultfd;
+  readonly #stats: Float64Array;
+  readonly #ctrl: Int32Array;
+  readonly #pages: Uint8Array;
+  readonly #error: Uint8Array;
+  readonly #stop = new EventFd();
+  readonly #worker: Worker;
+  readonly #owned: Mapping[] = [];
+  readonly #hold: unknown[] = [];
+  readonly #closeTimeoutMs: number;
+  #closed = false;
+  #exited: Promise<void>;
+
+  constructor(options: FaultServerOptions) {
+    const src = options.source;
+    const placement: Placement = options.placement ??
+      (src.kind === "zero" ? "zeropage" : src.kind === "memfd" ? "continue" : "copy");
+    checkCombination(src, placement);
+    this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
+    const ra = options.readahead ?? 1;
+    const readahead = ra === "adaptive"
+      ? { mode: "adaptive" as const, min: 1, max: MAX_ADAPTIVE }
+      : typeof ra === "number"
+      ? { mode: "fixed" as const, pages: ra }
+      : { mode: "adaptive" as const, min: ra.min ?? 1, max: ra.max ?? MAX_ADAPTIVE };
+    const maxWindow = readahead.mode === "fixed" ? readahead.pages : readahead.max;
+    if (!Number.isInteger(maxWindow) || maxWindow < 1 || (readahead.mode === "adaptive" && readahead.min < 1)) {
+      throw invalid("FaultServer", `readahead must be whole pages >= 1 (got ${JSON.stringify(ra)})`);
+    }
+    const batch = options.batch ?? 32;
+    const busyPollUs = options.busyPollUs ?? 0;
+    if (!(busyPollUs >= 0)) throw invalid("FaultServer", "busyPollUs must be >= 0");
+    const onError: ErrorPolicy = { retries: options.onError?.retries ?? 2, then: options.onError?.then ?? "poison" };
+    if (onError.then !== "poison" && onError.then !== "zero") {
+      throw invalid("FaultServer", `onError.then must be "poison" or "zero" (got ${onError.then})`);
+    }
+
+    const features = ["EVENT_REMOVE", "EVENT_UNMAP", "EVENT_REMAP"] as const;
+    const extra = [
+      ...(onError.then === "poison" || placement === "continue" ? ["POISON" as const] : []),
+      ...(placement === "move" ? ["MOVE" as const] : []),
+      ...(placement === "continue" ? ["MINOR_SHMEM" as const, "MISSING_SHMEM" as const] : []),
+    ];
+    this.uffd = Userfaultfd.open({ features: [...features, ...extra] });
+    let init: ServerInit;
+    try {
+      const { source, length } = this.#prepareSource(src, placement);
+      this.mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
+      this.#owned.push(this.mapping);
+      const ps = this.mapping.pageSize;
+      if (placement === "continue") {
+        this.uffd.register(this.mapping, { minor: true, missing: true });
+      } else {
+        this.uffd.register(this.mapping, { missing: true });
+      }
+      const staging = Mapping.anonymous(maxWindow * ps);
+      this.#owned.push(staging);
+      this.#stats = new Float64Array(new SharedArrayBuffer(STAT_COUNT * 8));
+      this.#ctrl = new Int32Array(new SharedArrayBuffer(CTRL_COUNT * 4));
+      this.#pages = new Uint8Array(new SharedArrayBuffer(this.mapping.length / ps));
+      this.#error = new Uint8Array(new SharedArrayBuffer(ERROR_BYTES));
+      init = {
+        fd: this.uffd.fd,
+        stopFd: this.#stop.fd,
+        start: this.mapping.start,
+        len: this.mapping.length,
+        pageSize: ps,
+        placement,
+        source,
+        readahead,
+        onError,
+        busyPollUs,
+        batch,
+        onRemove: options.onRemove ?? "zero",
+        staging: staging.start,
+        stagingLen: staging.length,
+        stats: this.#stats.buffer as SharedArrayBuffer,
+        ctrl: this.#ctrl.buffer as SharedArrayBuffer,
+        pages: this.#pages.buffer as SharedArrayBuffer,
+        error: this.#error.buffer as SharedArrayBuffer,
+      };
+      this.#worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
+    } catch (e) {
+      this.#release();
+      throw e;
+    }
+    let readyResolve!: () => void;
+    let readyReject!: (e: Error) => void;
+    this.ready = new Promise((res, rej) => {
+      readyResolve = res;
+      readyReject = rej;
+    });
+    let exitedResolve!: () => void;
+    this.#exited = new Promise((res) => (exitedResolve = res));
+    this.#worker.onmessage = (e: MessageEvent<{ type: string; message?: string }>) => {
+      if (e.data.type === "ready") readyResolve();
+      else if (e.data.type === "error") {
+        readyReject(new UffdError("FaultServer", 5, { source: "library", detail: `worker failed: ${e.data.message}` }));
+        exitedResolve();
+      } else if (e.data.type === "stopped") exitedResolve();
+    };
+    this.#worker.onerror = (e: ErrorEvent) => {
+      e.preventDefault?.();
+      readyReject(new UffdError("FaultServer", 5, { source: "library", detail: `worker crashed: ${e.message}` }));
+      exitedResolve();
+    };
+    this.ready.catch(() => {});
+    this.#worker.postMessage(init);
+    options.signal?.addEventListener("abort", () => this.close(), { once: true });
+  }
+
+  /** Creates a server and waits until its Worker serves faults. */
+  static async start(options: FaultServerOptions): Promise<FaultServer> {
+    const s = new FaultServer(options);
+    try {
+      await s.ready;
+    } catch (e) {
+      s.close();
+      throw e;
+    }
+    return s;
+  }
+
+  #prepareSource(src: PageSource, placement: Placement): { source: SourceInit; length: number } {
+    switch (src.kind) {
+      case "bytes": {
+        const { data, offset, length } = sharedBytes(src.data);
+        this.#hold.push(data);
+        return { source: { kind: "bytes", data, offset, length }, length };
+      }
+      case "file": {
+        const m = Mapping.file(src.path);
+        this.#owned.push(m);
+        return { source: { kind: "address", address: m.start, length: m.length }, length: m.length };
+      }
+      case "zero":
+        checkLength(src.length);
+        return { source: { kind: "zero" }, length: src.length };
+      case "memfd":
+        if (src.mapping.kind !== "shmem" || src.mapping.fd < 0) {
+          throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping");
+        }
+        void placement;
+        return { source: { kind: "memfd" }, length: src.mapping.length };
+      case "module":
+        checkLength(src.length);
+        return {
+          source: { kind: "module", url: String(src.url), options: src.options, length: src.length },
+          length: src.length,
+        };
+    }
+  }
+
+  /** The served memory as bytes (no copy). Do not use it after {@link close}. */
+  bytes(): Uint8Array {
+    return this.mapping.bytes();
+  }
+
+  /** A snapshot of the live counters (read from shared memory, no messaging). */
+  get stats(): FaultServerStats {
+    const s = this.#stats;
+    return {
+      faults: s[STAT.faults],
+      pages: s[STAT.pages],
+      bytes: s[STAT.bytes],
+      eexist: s[STAT.eexist],
+      eagain: s[STAT.eagain],
+      errors: s[STAT.errors],
+      maxLatencyUs: s[STAT.maxLatencyUs],
+      meanLatencyUs: s[STAT.faults] > 0 ? s[STAT.totalLatencyUs] / s[STAT.faults] : 0,
+      events: s[STAT.events],
+      wakes: s[STAT.wakes],
+      window: s[STAT.window],
+      poisoned: s[STAT.poisoned],
+      zeroed: s[STAT.zeroed],
+      retries: s[STAT.retries],
+      spinHits: s[STAT.spinHits],
+      reads: s[STAT.reads],
+      removed: s[STAT.removed],
+      heapStart: s[STAT.heapStart],
+      heapNow: s[STAT.heapNow],
+    };
+  }
+
+  /** The last error the Worker recorded (source failure, failed placement), if any. */
+  get lastError(): string | undefined {
+    const n = Atomics.load(this.#ctrl, CTRL.errorLen);
+    return n > 0 ? new TextDecoder().decode(this.#error.slice(0, n)) : undefined;
+  }
+
+  /** `"starting" | "running" | "stopped" | "failed"`. */
+  get state(): keyof typeof STATE {
+    const v = Atomics.load(this.#ctrl, CTRL.state);
+    return (Object.keys(STATE) as (keyof typeof STATE)[]).find((k) => STATE[k] === v)!;
+  }
+
+  /** Pages never placed (still served from the source on first touch). */
+  get emptyPages(): number {
+    let n = 0;
+    for (const p of this.#pages) if (p === PAGE.empty) n++;
+    return n;
+  }
+
+  /**
+   * Stops the Worker after it has served every fault already queued, then closes the
+   * descriptor and unmaps the memory. Safe to call twice. Touching the memory after
+   * close is a use-after-unmap (SIGSEGV).
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stop.signal();
+    const deadline = Date.now() + this.#closeTimeoutMs;
+    for (;;) {
+      const st = Atomics.load(this.#ctrl, CTRL.state);
+      if (st === STATE.stopped || st === STATE.failed) break;
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
+    }
+    this.#worker.terminate();
+    this.#release();
+  }
+
+  #release(): void {
+    this.uffd?.close();
+    for (const m of this.#owned) m.close();
+    this.#stop.close();
+  }
+
+  /** Resolves once the Worker has exited (after {@link close}). */
+  get exited(): Promise<void> {
+    return this.#exited;
+  }
+
+  /** Same as {@link close}. */
+  [Symbol.dispose](): void {
+    this.close();
+  }
+
+  /** Same as {@link close}, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    this.close();
+    return Promise.resolve();
+  }
+}
+
+function roundUp(n: number): number {
+  return Math.ceil(n / systemPageSize) * systemPageSize;
+}
+
+function checkLength(n: number): void {
+  if (!Number.isSafeInteger(n) || n <= 0) throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
+}
+
+function checkCombination(src: PageSource, placement: Placement): void {
+  const ok: Record<PageSource["kind"], Placement[]> = {
+    bytes: ["copy", "move"],
+    file: ["copy", "move"],
+    zero: ["zeropage"],
+    memfd: ["continue"],
+    module: ["copy", "move"],
+  };
+  if (!ok[src.kind]) throw invalid("FaultServer", `unknown source kind ${(src as { kind: string }).kind}`);
+  if (!ok[src.kind].includes(placement)) {
+    throw invalid(
+      "FaultServer",
+      `placement "${placement}" does not fit a ${src.kind} source; use ${ok[src.kind].join(" or ")}`,
+    );
+  }
+}
+
+/** A SharedArrayBuffer holding the bytes (the same one when already shared). */
+function sharedBytes(
+  data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer,
+): { data: SharedArrayBuffer; offset: number; length: number } {
+  if (data instanceof SharedArrayBuffer) return { data, offset: 0, length: data.byteLength };
+  if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
+    return { data: data.buffer, offset: data.byteOffset, length: data.byteLength };
+  }
+  const bytes = ArrayBuffer.isView(data)
+    ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    : new Uint8Array(data);
+  checkLength(bytes.byteLength);
+  const sab = new SharedArrayBuffer(bytes.byteLength);
+  new Uint8Array(sab).set(bytes);
+  return { data: sab, offset: 0, length: bytes.byteLength };
+}
