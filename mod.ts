@@ -71,8 +71,10 @@ export {
   type ErrorPolicy,
   FaultServer,
   type FaultServerOptions,
+  type FaultServerState,
   type FaultServerStats,
   type FillFunction,
   type PageSource,
   type Placement,
 } from "./src/server/fault_server.ts";
+export { recvFd, sendFd, socketPair } from "./src/fdpass.ts";

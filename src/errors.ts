@@ -19,13 +19,18 @@ export const ERRNO: Readonly<Record<string, number>> = {
   EEXIST: 17,
   ENODEV: 19,
   EINVAL: 22,
+  ENFILE: 23,
   EMFILE: 24,
   ENOTTY: 25,
   ENOSPC: 28,
   ESPIPE: 29,
+  EPIPE: 32,
   ERANGE: 34,
   ENOSYS: 38,
+  EBADMSG: 74,
+  ENOTSOCK: 88,
   EOPNOTSUPP: 95,
+  ECONNRESET: 104,
   EHWPOISON: 133,
 };
 
@@ -77,6 +82,14 @@ function hint(op: string, name: string): string {
       return "the device is not available";
     case "EOPNOTSUPP":
       return "the operation is not supported on this kind of memory";
+    case "ENOTSOCK":
+      return "the descriptor is not a socket";
+    case "EPIPE":
+    case "ECONNRESET":
+      return "the peer closed the socket";
+    case "EMFILE":
+    case "ENFILE":
+      return "too many open files (raise RLIMIT_NOFILE or close descriptors)";
     default:
       return "see ioctl_userfaultfd(2)";
   }
@@ -109,6 +122,7 @@ export interface UffdErrorOptions {
  * ```
  */
 export class UffdError extends Error {
+  /** Always `"UffdError"`. */
   override name = "UffdError";
   /** The operation, e.g. `"UFFDIO_COPY"` or `"open"`. */
   readonly op: string;
@@ -123,6 +137,7 @@ export class UffdError extends Error {
   /** `"kernel"` when a syscall failed, `"library"` when a check rejected the call before it. */
   readonly source: ErrorSource;
 
+  /** An error of operation `op` with errno number `errno`; see {@link UffdErrorOptions}. */
   constructor(op: string, errno: number, options: UffdErrorOptions = {}) {
     const code = errnoName(errno);
     const src = options.source ?? "kernel";

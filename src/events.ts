@@ -123,6 +123,7 @@ export class EventBuffer {
   /** Messages held after the last read. */
   count = 0;
 
+  /** A buffer for up to `capacity` messages (default 16). */
   constructor(capacity = 16) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("capacity must be >= 1");
     this.capacity = capacity;

@@ -36,5 +36,5 @@ scope.onmessage = (e: MessageEvent<Init>) => {
     scope.postMessage(r < 0 ? "error" : "readable");
   }
   scope.postMessage("stopped");
-  scope.close();
+  if (typeof scope.close === "function") scope.close();
 };

@@ -59,20 +59,42 @@ export function findMapping(start: number, len: number): Mapping | undefined {
 }
 
 /**
+ * What the kernel answers for a range with no mapping at all: the resolving ioctls look the
+ * VMA up and say ENOENT; REGISTER and UNREGISTER say EINVAL. The library gives the same.
+ */
+const NO_MAPPING_ERRNO: Readonly<Record<string, string>> = {
+  UFFDIO_COPY: "ENOENT",
+  UFFDIO_ZEROPAGE: "ENOENT",
+  UFFDIO_WRITEPROTECT: "ENOENT",
+  UFFDIO_CONTINUE: "ENOENT",
+  UFFDIO_POISON: "ENOENT",
+  UFFDIO_MOVE: "ENOENT",
+};
+
+/**
  * Checks that `[start, start+len)` is non-empty, aligned to `align` and inside a
- * live mapping, throwing a library {@link UffdError} otherwise.
+ * live mapping, throwing a library {@link UffdError} otherwise. The checks run in
+ * the kernel's order (base-page alignment and length, then the mapping, then the
+ * mapping's own page size) and give the errno the kernel would give.
  */
 export function checkRange(op: string, start: number, len: number, what = "range"): Mapping {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(len) || start < 0) {
     throw invalid(op, `${what} start and length must be non-negative integers (got ${start}, ${len})`);
   }
   if (len <= 0) throw invalid(op, `${what} length must be positive (got ${len})`);
+  if (start % pageSize !== 0 || len % pageSize !== 0) {
+    throw invalid(
+      op,
+      `${what} 0x${start.toString(16)}+${len} is not aligned to the ${pageSize}-byte page size`,
+    );
+  }
   const m = findMapping(start, len);
   if (!m) {
     throw invalid(
       op,
       `${what} 0x${start.toString(16)}+${len} is not inside a mapping created by this library; ` +
         "create it with Mapping.anonymous()/memfd()/hugetlb() or declare it with Mapping.adopt()",
+      NO_MAPPING_ERRNO[op] ?? "EINVAL",
     );
   }
   if (start % m.pageSize !== 0 || len % m.pageSize !== 0) {

@@ -70,6 +70,7 @@ export class PagemapScanner {
   #vec: Uint32Array;
   #capacity: number;
 
+  /** Opens /proc/self/pagemap with room for `capacity` regions per PAGEMAP_SCAN call. */
   constructor(capacity = 1024) {
     this.#fd = libc.open(cstring("/proc/self/pagemap"), O_CLOEXEC, 0);
     if (this.#fd < 0) throw new UffdError("open /proc/self/pagemap", libc.errno());

@@ -64,7 +64,11 @@ export type OpenVia = "auto" | "syscall" | "device";
 export interface OpenOptions {
   /** Features to enable in the API handshake, by name. Unsupported ones throw before the handshake. */
   features?: readonly FeatureName[];
-  /** `O_NONBLOCK`: reads return no event instead of blocking (default false). */
+  /**
+   * `O_NONBLOCK` (default true): reads without a timeout return no event instead of
+   * blocking. poll(2) on a blocking userfaultfd always reports POLLERR, so read timeouts
+   * and {@link Userfaultfd.events} need it; `false` gives plain blocking reads.
+   */
   nonBlocking?: boolean;
   /** `O_CLOEXEC` (default true). */
   closeOnExec?: boolean;
@@ -157,6 +161,10 @@ export interface ReadOptions {
 let probed: ProbeResult | undefined;
 
 function checkKeys(op: string, options: object, allowed: readonly string[]): void {
+  // Only plain option bags are checked: a class instance that is a Range (a Mapping) carries
+  // its own fields (address, kind, ...) and is a valid argument wherever a Range is.
+  const proto = Object.getPrototypeOf(options);
+  if (proto !== Object.prototype && proto !== null) return;
   for (const k of Object.keys(options)) {
     if (!allowed.includes(k)) {
       throw invalid(op, `unknown option "${k}"; known: ${allowed.join(", ")}`);
@@ -246,7 +254,7 @@ export class Userfaultfd {
         throw invalid("UFFDIO_API", `this kernel does not support ${missing.join(", ")}`, "EOPNOTSUPP");
       }
     }
-    const nonBlocking = options.nonBlocking ?? false;
+    const nonBlocking = options.nonBlocking ?? true;
     const flags = ((options.closeOnExec ?? true) ? O_CLOEXEC : 0) |
       (nonBlocking ? O_NONBLOCK : 0) |
       ((options.userModeOnly ?? true) ? UFFD_USER_MODE_ONLY : 0);

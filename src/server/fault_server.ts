@@ -47,6 +47,14 @@ export type PageSource =
 export interface FaultServerOptions {
   /** The page source. */
   source: PageSource;
+  /**
+   * Serve this caller-owned anonymous mapping instead of creating one (not for `memfd`).
+   * close() leaves it mapped and poisons the pages never placed, so a later touch raises
+   * SIGBUS instead of silently reading zeros (unless `onClose: "zero"`).
+   */
+  mapping?: Mapping;
+  /** For a caller-owned `mapping`: what never-placed pages become at close (default `"poison"`). */
+  onClose?: "poison" | "zero";
   /** How to place pages (default: copy; zeropage for `zero`, continue for `memfd`). `move` stages then UFFDIO_MOVE. */
   placement?: Placement;
   /**
@@ -116,6 +124,9 @@ export interface FaultServerStats {
   heapNow: number;
 }
 
+/** Life cycle of a {@link FaultServer}'s Worker. */
+export type FaultServerState = "starting" | "running" | "stopped" | "failed";
+
 const MAX_ADAPTIVE = 16;
 
 /**
@@ -147,7 +158,9 @@ export class FaultServer {
   readonly #closeTimeoutMs: number;
   #closed = false;
   #exited: Promise<void>;
+  #onClose: "poison" | "zero" | undefined;
 
+  /** Creates the descriptor and mapping and starts the Worker; await {@link ready} (or use {@link start}). */
   constructor(options: FaultServerOptions) {
     const src = options.source;
     const placement: Placement = options.placement ??
@@ -161,29 +174,54 @@ export class FaultServer {
       ? { mode: "fixed" as const, pages: ra }
       : { mode: "adaptive" as const, min: ra.min ?? 1, max: ra.max ?? MAX_ADAPTIVE };
     const maxWindow = readahead.mode === "fixed" ? readahead.pages : readahead.max;
-    if (!Number.isInteger(maxWindow) || maxWindow < 1 || (readahead.mode === "adaptive" && readahead.min < 1)) {
+    if (
+      !Number.isInteger(maxWindow) || maxWindow < 1 || (readahead.mode === "adaptive" && readahead.min < 1)
+    ) {
       throw invalid("FaultServer", `readahead must be whole pages >= 1 (got ${JSON.stringify(ra)})`);
     }
     const batch = options.batch ?? 32;
     const busyPollUs = options.busyPollUs ?? 0;
     if (!(busyPollUs >= 0)) throw invalid("FaultServer", "busyPollUs must be >= 0");
-    const onError: ErrorPolicy = { retries: options.onError?.retries ?? 2, then: options.onError?.then ?? "poison" };
+    const onError: ErrorPolicy = {
+      retries: options.onError?.retries ?? 2,
+      then: options.onError?.then ?? "poison",
+    };
     if (onError.then !== "poison" && onError.then !== "zero") {
       throw invalid("FaultServer", `onError.then must be "poison" or "zero" (got ${onError.then})`);
     }
 
     const features = ["EVENT_REMOVE", "EVENT_UNMAP", "EVENT_REMAP"] as const;
     const extra = [
-      ...(onError.then === "poison" || placement === "continue" ? ["POISON" as const] : []),
+      ...(onError.then === "poison" || placement === "continue" || options.mapping
+        ? ["POISON" as const]
+        : []),
       ...(placement === "move" ? ["MOVE" as const] : []),
       ...(placement === "continue" ? ["MINOR_SHMEM" as const, "MISSING_SHMEM" as const] : []),
     ];
-    this.uffd = Userfaultfd.open({ features: [...features, ...extra] });
+    // O_NONBLOCK: poll(2) on a blocking userfaultfd always reports POLLERR.
+    this.uffd = Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
     let init: ServerInit;
     try {
       const { source, length } = this.#prepareSource(src, placement);
-      this.mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
-      this.#owned.push(this.mapping);
+      if (options.mapping) {
+        if (src.kind === "memfd") {
+          throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
+        }
+        if (options.mapping.kind !== "anonymous" && options.mapping.kind !== "adopted") {
+          throw invalid(
+            "FaultServer",
+            `mapping must be anonymous private memory (got ${options.mapping.kind})`,
+          );
+        }
+        if (options.mapping.length < roundUp(length) && src.kind !== "zero") {
+          throw invalid("FaultServer", `mapping holds ${options.mapping.length} bytes, the source ${length}`);
+        }
+        this.mapping = options.mapping;
+        this.#onClose = options.onClose ?? "poison";
+      } else {
+        this.mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
+        this.#owned.push(this.mapping);
+      }
       const ps = this.mapping.pageSize;
       if (placement === "continue") {
         this.uffd.register(this.mapping, { minor: true, missing: true });
@@ -232,13 +270,17 @@ export class FaultServer {
     this.#worker.onmessage = (e: MessageEvent<{ type: string; message?: string }>) => {
       if (e.data.type === "ready") readyResolve();
       else if (e.data.type === "error") {
-        readyReject(new UffdError("FaultServer", 5, { source: "library", detail: `worker failed: ${e.data.message}` }));
+        readyReject(
+          new UffdError("FaultServer", 5, { source: "library", detail: `worker failed: ${e.data.message}` }),
+        );
         exitedResolve();
       } else if (e.data.type === "stopped") exitedResolve();
     };
     this.#worker.onerror = (e: ErrorEvent) => {
       e.preventDefault?.();
-      readyReject(new UffdError("FaultServer", 5, { source: "library", detail: `worker crashed: ${e.message}` }));
+      readyReject(
+        new UffdError("FaultServer", 5, { source: "library", detail: `worker crashed: ${e.message}` }),
+      );
       exitedResolve();
     };
     this.ready.catch(() => {});
@@ -325,10 +367,10 @@ export class FaultServer {
     return n > 0 ? new TextDecoder().decode(this.#error.slice(0, n)) : undefined;
   }
 
-  /** `"starting" | "running" | "stopped" | "failed"`. */
-  get state(): keyof typeof STATE {
+  /** Life cycle of the serving Worker. */
+  get state(): FaultServerState {
     const v = Atomics.load(this.#ctrl, CTRL.state);
-    return (Object.keys(STATE) as (keyof typeof STATE)[]).find((k) => STATE[k] === v)!;
+    return (Object.keys(STATE) as FaultServerState[]).find((k) => STATE[k] === v)!;
   }
 
   /** Pages never placed (still served from the source on first touch). */
@@ -356,7 +398,34 @@ export class FaultServer {
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
     this.#worker.terminate();
+    if (this.#onClose === "poison") this.#poisonEmpty();
     this.#release();
+  }
+
+  /** Poisons every never-placed page of a caller-owned mapping (runs of pages, one ioctl each). */
+  #poisonEmpty(): void {
+    const ps = this.mapping.pageSize;
+    const n = this.#pages.length;
+    for (let p = 0; p < n;) {
+      if (this.#pages[p] !== PAGE.empty) {
+        p++;
+        continue;
+      }
+      let q = p + 1;
+      while (q < n && this.#pages[q] === PAGE.empty) q++;
+      for (let a = p; a < q;) {
+        try {
+          a += this.uffd.poison({ start: this.mapping.start + a * ps, len: (q - a) * ps }) / ps;
+        } catch (e) {
+          // EEXIST: a page was populated meanwhile (e.g. the caller wrote it after a wake); skip it.
+          if (!(e instanceof UffdError) || (e.code !== "EEXIST" && e.code !== "EAGAIN")) throw e;
+          a += Math.max(1, e.done / ps);
+        }
+      }
+      for (let k = p; k < q; k++) this.#pages[k] = PAGE.poisoned;
+      this.#stats[STAT.poisoned] += q - p;
+      p = q;
+    }
   }
 
   #release(): void {
@@ -387,7 +456,9 @@ function roundUp(n: number): number {
 }
 
 function checkLength(n: number): void {
-  if (!Number.isSafeInteger(n) || n <= 0) throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
+  }
 }
 
 function checkCombination(src: PageSource, placement: Placement): void {

@@ -186,7 +186,9 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
         let r = fill!(off, dest);
         if (r !== undefined && typeof (r as Promise<unknown>).then === "function") r = await r;
         const from = r instanceof Uint8Array ? r : undefined;
-        if (from && from.byteLength < n * ps) throw new RangeError(`fill returned ${from.byteLength} bytes for ${n * ps}`);
+        if (from && from.byteLength < n * ps) {
+          throw new RangeError(`fill returned ${from.byteLength} bytes for ${n * ps}`);
+        }
         const addr = base + a * ps;
         if (placement === "move") {
           if (from) dest.set(from.subarray(0, n * ps));

@@ -20,6 +20,21 @@ interface SourceModule {
   default?: { fill?: FillFunction; init?: (options: unknown) => void | Promise<void> };
 }
 
+// A custom source must not be able to kill the server: self.close() from a source
+// throws instead, and uncaught errors are recorded rather than ending the Worker.
+const realClose = typeof scope.close === "function" ? scope.close.bind(scope) : () => {};
+scope.close = () => {
+  throw new Error("a page source called close() on the fault server's Worker");
+};
+(globalThis as unknown as { addEventListener(t: string, f: (e: Event) => void): void }).addEventListener(
+  "error",
+  (e: Event) => e.preventDefault(),
+);
+(globalThis as unknown as { addEventListener(t: string, f: (e: Event) => void): void }).addEventListener(
+  "unhandledrejection",
+  (e: Event) => e.preventDefault(),
+);
+
 scope.onmessage = async (e: MessageEvent<ServerInit>) => {
   scope.onmessage = null;
   const init = e.data;
@@ -29,7 +44,9 @@ scope.onmessage = async (e: MessageEvent<ServerInit>) => {
     if (init.source.kind === "module") {
       const mod = (await import(init.source.url)) as SourceModule;
       const f = mod.fill ?? mod.default?.fill;
-      if (typeof f !== "function") throw new TypeError(`${init.source.url} exports no fill(offset, dest) function`);
+      if (typeof f !== "function") {
+        throw new TypeError(`${init.source.url} exports no fill(offset, dest) function`);
+      }
       await (mod.init ?? mod.default?.init)?.(init.source.options);
       fill = f;
     }
@@ -39,5 +56,5 @@ scope.onmessage = async (e: MessageEvent<ServerInit>) => {
   } catch (err) {
     scope.postMessage({ type: "error", message: err instanceof Error ? err.message : String(err) });
   }
-  scope.close();
+  realClose();
 };

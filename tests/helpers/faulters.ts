@@ -1,0 +1,55 @@
+// Runs page-verifying faulter Workers against a served region.
+
+/** One faulter's job. */
+export interface FaultJob {
+  order: "seq" | "random";
+  seed?: number;
+  first: number;
+  count: number;
+  copyTo?: SharedArrayBuffer;
+}
+
+/** Runs one Worker per job over `[addr, addr+len)`; resolves with the mismatched page counts. */
+export async function runFaulters(
+  addr: number,
+  len: number,
+  pageSize: number,
+  expected: SharedArrayBuffer,
+  jobs: FaultJob[],
+  timeoutMs = 60000,
+): Promise<{ bad: number; pages: number }[]> {
+  const workers = jobs.map(() =>
+    new Worker(new URL("./faulter_worker.ts", import.meta.url), { type: "module" })
+  );
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    const results = workers.map((w, i) =>
+      new Promise<{ bad: number; pages: number }>((resolve, reject) => {
+        w.onmessage = (e) => resolve(e.data);
+        w.onerror = (e) => reject(new Error(`faulter ${i}: ${e.message}`));
+        w.postMessage({ addr, len, pageSize, seed: i + 1, ...jobs[i], expected });
+      })
+    );
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`faulters did not finish in ${timeoutMs} ms`)), timeoutMs);
+    });
+    return await Promise.race([Promise.all(results), timeout]);
+  } finally {
+    clearTimeout(timer);
+    for (const w of workers) w.terminate();
+  }
+}
+
+/** A SharedArrayBuffer of `pages` pages of a page-distinct pseudo-random pattern. */
+export function pattern(pages: number, pageSize: number, salt = 0): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(pages * pageSize);
+  const w = new Uint32Array(sab);
+  let x = 0x9e3779b9 ^ salt;
+  for (let i = 0; i < w.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    w[i] = x >>> 0;
+  }
+  return sab;
+}

@@ -1,0 +1,754 @@
+// ioctl_userfaultfd(2): every range operation, its modes and its result field; reading events
+// one at a time, in batches and as an async iterator; the feature bits that change events;
+// dirty tracking with WP_ASYNC + PAGEMAP_SCAN. Faults come from Workers (Toucher, LibcWorker)
+// or child processes; the test thread only serves them.
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { libc } from "../ffi/mod.ts";
+import {
+  EventBuffer,
+  freeHugePages,
+  hugePageSize,
+  Mapping,
+  PAGE_IS,
+  type PagefaultEvent,
+  PagemapScanner,
+  pageSize,
+  UffdError,
+  type UffdEvent,
+  Userfaultfd,
+} from "../mod.ts";
+import { readTextFile } from "../src/memory.ts";
+import { Toucher, within } from "./helpers/toucher.ts";
+import { runChild } from "./helpers/child.ts";
+import { LibcWorker } from "./children/ops_libc.ts";
+
+const T = { timeout: 20000 };
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** `pending:` (faults queued, not yet read) and `total:` (faults still blocked) of a uffd. */
+function waiters(uffd: Userfaultfd): { pending: number; total: number } {
+  const text = readTextFile(`/proc/self/fdinfo/${uffd.fd}`) ?? "";
+  return {
+    pending: Number(text.match(/^pending:\s+(\d+)/m)?.[1] ?? -1),
+    total: Number(text.match(/^total:\s+(\d+)/m)?.[1] ?? -1),
+  };
+}
+
+/** Waits (without blocking the event loop) until `n` faults are queued on `uffd`. */
+async function untilPending(uffd: Userfaultfd, n: number, ms = 10000): Promise<void> {
+  const end = Date.now() + ms;
+  while (waiters(uffd).pending < n) {
+    if (Date.now() > end) throw new Error(`fewer than ${n} faults queued after ${ms} ms`);
+    await sleep(5);
+  }
+}
+
+/** Reads the next event, failing instead of hanging (the uffd must be non-blocking). */
+function nextEvent(uffd: Userfaultfd): UffdEvent {
+  const ev = uffd.readEvent({ timeout: 10000 });
+  if (!ev) throw new Error("no event within 10 s");
+  return ev;
+}
+
+/** poll(2) for POLLIN on a non-blocking uffd without reading. */
+function readable(uffd: Userfaultfd, ms: number): boolean {
+  const pfd = new Int32Array([uffd.fd, 1]);
+  return libc.poll(pfd, 1, ms) === 1 && ((pfd[1] >>> 16) & 1) === 1;
+}
+
+function nextFault(uffd: Userfaultfd): PagefaultEvent {
+  const ev = nextEvent(uffd);
+  assert.equal(ev.type, "pagefault");
+  return ev as PagefaultEvent;
+}
+
+/**
+ * Owns everything a fault test creates and releases it in the only safe order, also on
+ * failure: close the descriptors (blocked faulters wake and see ordinary memory), let the
+ * touches finish, stop the Workers, and only then unmap.
+ */
+class Rig {
+  readonly uffds: Userfaultfd[] = [];
+  readonly maps: Mapping[] = [];
+  readonly workers: { close(): void }[] = [];
+  readonly #pending: Promise<unknown>[] = [];
+
+  uffd(options: Parameters<typeof Userfaultfd.open>[0] = {}): Userfaultfd {
+    const u = Userfaultfd.open({ nonBlocking: true, ...options });
+    this.uffds.push(u);
+    return u;
+  }
+  map<M extends Mapping>(m: M): M {
+    this.maps.push(m);
+    return m;
+  }
+  toucher(): Toucher {
+    const t = new Toucher();
+    this.workers.push(t);
+    return t;
+  }
+  libcWorker(): LibcWorker {
+    const w = new LibcWorker();
+    this.workers.push(w);
+    return w;
+  }
+  /** Tracks a Worker's promise and bounds how long a test may wait for it. */
+  track<R>(p: Promise<R>): Promise<R> {
+    this.#pending.push(p.catch(() => {}));
+    return within(p, 10000, "worker");
+  }
+  async release(): Promise<void> {
+    for (const u of this.uffds) u.close();
+    await Promise.race([Promise.allSettled(this.#pending), sleep(5000)]);
+    for (const w of this.workers) w.close();
+    for (const m of this.maps) m.close();
+  }
+}
+
+async function withRig(fn: (rig: Rig) => Promise<void> | void): Promise<void> {
+  const rig = new Rig();
+  try {
+    await fn(rig);
+  } finally {
+    await rig.release();
+  }
+}
+
+const pageOf = (byte: number) => new Uint8Array(pageSize).fill(byte);
+
+describe("UFFDIO_REGISTER / UFFDIO_UNREGISTER", () => {
+  it("reports the ioctls usable per memory type and mode", () => {
+    using uffd = Userfaultfd.open({ features: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM", "MOVE", "POISON"] });
+    using anon = Mapping.anonymous(4 * pageSize);
+    using shm = Mapping.memfd(4 * pageSize);
+    const reg = (m: Mapping, o: Parameters<Userfaultfd["register"]>[1]) => {
+      const r = uffd.register(m, o);
+      uffd.unregister(m);
+      return [...r.ioctls].sort();
+    };
+    const base = ["COPY", "MOVE", "POISON", "WAKE", "ZEROPAGE"];
+    assert.deepEqual(reg(anon, {}), base);
+    assert.deepEqual(reg(anon, { missing: true }), base);
+    assert.deepEqual(reg(anon, { wp: true }), [...base, "WRITEPROTECT"].sort());
+    assert.deepEqual(reg(anon, { missing: true, wp: true }), [...base, "WRITEPROTECT"].sort());
+    assert.deepEqual(reg(shm, { missing: true }), base);
+    assert.deepEqual(reg(shm, { minor: true }), [...base, "CONTINUE"].sort());
+    assert.deepEqual(reg(shm, { wp: true }), [...base, "WRITEPROTECT"].sort());
+    assert.deepEqual(
+      reg(shm, { missing: true, wp: true, minor: true }),
+      [...base, "CONTINUE", "WRITEPROTECT"].sort(),
+    );
+    // MINOR is not compatible with private anonymous memory
+    assert.throws(
+      () => uffd.register(anon, { minor: true }),
+      (e: unknown) => e instanceof UffdError && e.code === "EINVAL",
+    );
+  });
+
+  it(
+    "hugetlb (MISSING_HUGETLBFS, MINOR_HUGETLBFS): no ZEROPAGE or MOVE, CONTINUE in minor mode",
+    { skip: hugePageSize() && freeHugePages() >= 2 ? false : "fewer than 2 free huge pages" },
+    () => {
+      using uffd = Userfaultfd.open({ features: ["MISSING_HUGETLBFS", "MINOR_HUGETLBFS"] });
+      using huge = Mapping.memfd(hugePageSize(), { hugetlb: true });
+      const missing = uffd.register(huge, { missing: true });
+      assert.ok(missing.ioctls.includes("COPY"));
+      assert.ok(!missing.ioctls.includes("ZEROPAGE"));
+      assert.ok(!missing.ioctls.includes("MOVE"));
+      // a huge page is placed as one unit: COPY of a whole huge page
+      const src = new Uint8Array(hugePageSize()).fill(3);
+      assert.equal(uffd.copy({ start: huge.start, len: hugePageSize(), src }), hugePageSize());
+      assert.equal(huge.bytes()[hugePageSize() - 1], 3);
+      uffd.unregister(huge);
+      const minor = uffd.register(huge, { minor: true });
+      assert.ok(minor.ioctls.includes("CONTINUE"));
+    },
+  );
+
+  it("unregister stops fault handling: COPY then fails with ENOENT, and the range can be registered again", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(2 * pageSize);
+    uffd.register(mem);
+    uffd.unregister(mem);
+    assert.throws(
+      () => uffd.copy({ start: mem.start, len: pageSize, src: pageOf(1) }),
+      (e: unknown) =>
+        e instanceof UffdError && e.code === "ENOENT" && e.source === "kernel" && e.result === -2,
+    );
+    // after unregister, a touch is an ordinary fault (safe on this thread): a zero page
+    assert.equal(mem.bytes()[0], 0);
+    uffd.register(mem);
+    assert.equal(uffd.copy({ start: mem.start + pageSize, len: pageSize, src: pageOf(2) }), pageSize);
+    assert.equal(mem.bytes()[pageSize], 2);
+  });
+});
+
+describe("resolving faults", () => {
+  it("COPY resolves a missing fault and returns the bytes copied", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd();
+      const mem = rig.map(Mapping.anonymous(4 * pageSize));
+      uffd.register(mem);
+      const touched = rig.track(rig.toucher().read(mem.page(2)));
+      const ev = nextFault(uffd);
+      assert.equal(ev.kind, "missing");
+      assert.equal(ev.write, false);
+      assert.equal(ev.address, mem.page(2));
+      assert.equal(uffd.copy({ start: ev.address, len: pageSize, src: pageOf(42) }), pageSize);
+      assert.equal((await touched).first, 42);
+    }));
+
+  it("COPY dontwake leaves the faulter blocked until WAKE", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd();
+      const mem = rig.map(Mapping.anonymous(pageSize));
+      uffd.register(mem);
+      let done = false;
+      const touched = rig.track(rig.toucher().read(mem.start)).then((r) => {
+        done = true;
+        return r;
+      });
+      nextFault(uffd);
+      assert.deepEqual(waiters(uffd), { pending: 0, total: 1 });
+      assert.equal(uffd.copy({ start: mem.start, len: pageSize, src: pageOf(7), dontwake: true }), pageSize);
+      await sleep(50);
+      assert.deepEqual(waiters(uffd), { pending: 0, total: 1 }, "still blocked after a DONTWAKE copy");
+      assert.equal(done, false);
+      uffd.wake(mem);
+      assert.equal((await touched).first, 7);
+      assert.equal(waiters(uffd).total, 0);
+    }));
+
+  it(
+    "COPY wp maps the page write-protected: the next write is a WP fault, WRITEPROTECT(wp: false) resolves it",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd();
+        const mem = rig.map(Mapping.anonymous(pageSize));
+        uffd.register(mem, { missing: true, wp: true });
+        const t = rig.toucher();
+        const read = rig.track(t.read(mem.start));
+        nextFault(uffd);
+        assert.equal(uffd.copy({ start: mem.start, len: pageSize, src: pageOf(5), wp: true }), pageSize);
+        assert.equal((await read).first, 5);
+        const write = rig.track(t.write(mem.start, 1, 9));
+        const ev = nextFault(uffd);
+        assert.equal(ev.kind, "wp");
+        assert.equal(ev.write, true);
+        uffd.writeprotect({ start: mem.start, len: pageSize, wp: false });
+        await write;
+        assert.equal(mem.bytes()[0], 9);
+      }),
+  );
+
+  it("ZEROPAGE resolves a missing fault with zeros and returns the bytes", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd();
+      const mem = rig.map(Mapping.anonymous(2 * pageSize));
+      uffd.register(mem);
+      const touched = rig.track(rig.toucher().read(mem.start, 2 * pageSize));
+      nextFault(uffd);
+      assert.equal(uffd.zeropage({ start: mem.start, len: 2 * pageSize }), 2 * pageSize);
+      assert.deepEqual(await touched, { first: 0, sum: 0 });
+    }));
+
+  it("ZEROPAGE dontwake + WAKE", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd();
+      const mem = rig.map(Mapping.anonymous(pageSize));
+      uffd.register(mem);
+      const touched = rig.track(rig.toucher().read(mem.start));
+      nextFault(uffd);
+      assert.equal(uffd.zeropage({ start: mem.start, len: pageSize, dontwake: true }), pageSize);
+      assert.equal(waiters(uffd).total, 1);
+      uffd.wake(mem);
+      assert.equal((await touched).first, 0);
+    }));
+
+  it("WRITEPROTECT: protect, WP fault, unprotect with dontwake, then WAKE", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd({ features: ["PAGEFAULT_FLAG_WP"] });
+      const mem = rig.map(Mapping.anonymous(2 * pageSize));
+      uffd.register(mem, { missing: true, wp: true });
+      uffd.copy({ start: mem.start, len: 2 * pageSize, src: new Uint8Array(2 * pageSize).fill(1) });
+      uffd.writeprotect({ start: mem.start, len: 2 * pageSize, wp: true });
+      const write = rig.track(rig.toucher().write(mem.page(1), 1, 8));
+      const ev = nextFault(uffd);
+      assert.equal(ev.kind, "wp");
+      assert.equal(ev.address, mem.page(1));
+      assert.equal(ev.flags & 3, 3); // UFFD_PAGEFAULT_FLAG_WRITE | UFFD_PAGEFAULT_FLAG_WP
+      uffd.writeprotect({ start: mem.page(1), len: pageSize, wp: false, dontwake: true });
+      await sleep(50);
+      assert.equal(waiters(uffd).total, 1, "DONTWAKE unprotect leaves the writer blocked");
+      uffd.wake({ start: mem.page(1), len: pageSize });
+      await write;
+      assert.equal(mem.bytes()[pageSize], 8);
+    }));
+
+  it(
+    "WP_UNPOPULATED: write-protecting unpopulated anonymous memory makes the first write a WP fault",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["WP_UNPOPULATED"] });
+        const mem = rig.map(Mapping.anonymous(pageSize));
+        uffd.register(mem, { wp: true });
+        uffd.writeprotect({ start: mem.start, len: pageSize, wp: true });
+        const write = rig.track(rig.toucher().write(mem.start, 1, 4));
+        const ev = nextFault(uffd);
+        assert.equal(ev.kind, "wp");
+        uffd.writeprotect({ start: mem.start, len: pageSize, wp: false });
+        await write;
+        assert.equal(mem.bytes()[0], 4);
+      }),
+  );
+
+  it(
+    "CONTINUE (MINOR_SHMEM): fill the page cache through an alias, then map it",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["MINOR_SHMEM"] });
+        const mem = rig.map(Mapping.memfd(2 * pageSize));
+        const alias = rig.map(mem.alias());
+        alias.bytes().fill(6, 0, 2 * pageSize); // page cache populated, mem has no PTEs yet
+        uffd.register(mem, { minor: true });
+        const touched = rig.track(rig.toucher().read(mem.page(1)));
+        const ev = nextFault(uffd);
+        assert.equal(ev.kind, "minor");
+        assert.equal(ev.address, mem.page(1));
+        alias.bytes()[pageSize] = 61; // modify in place before mapping it
+        assert.equal(uffd.continue({ start: mem.page(1), len: pageSize }), pageSize);
+        assert.equal((await touched).first, 61);
+        // dontwake + wp on the other page
+        const t2 = rig.track(rig.toucher().read(mem.start));
+        nextFault(uffd);
+        assert.equal(uffd.continue({ start: mem.start, len: pageSize, dontwake: true }), pageSize);
+        assert.equal(waiters(uffd).total, 1);
+        uffd.wake({ start: mem.start, len: pageSize });
+        assert.equal((await t2).first, 6);
+      }),
+  );
+
+  it(
+    "CONTINUE wp maps the page write-protected: the next write is a WP fault",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["MINOR_SHMEM", "WP_HUGETLBFS_SHMEM"] });
+        const mem = rig.map(Mapping.memfd(pageSize));
+        const alias = rig.map(mem.alias());
+        alias.bytes()[0] = 21;
+        uffd.register(mem, { minor: true, wp: true });
+        const t = rig.toucher();
+        const read = rig.track(t.read(mem.start));
+        assert.equal(nextFault(uffd).kind, "minor");
+        assert.equal(uffd.continue({ start: mem.start, len: pageSize, wp: true }), pageSize);
+        assert.equal((await read).first, 21);
+        const write = rig.track(t.write(mem.start, 1, 22));
+        const ev = nextFault(uffd);
+        assert.equal(ev.kind, "wp");
+        uffd.writeprotect({ start: mem.start, len: pageSize, wp: false });
+        await write;
+        assert.equal(alias.bytes()[0], 22);
+      }),
+  );
+
+  it(
+    "MISSING_SHMEM: missing faults on a memfd mapping are resolved with COPY",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["MISSING_SHMEM"] });
+        const mem = rig.map(Mapping.memfd(pageSize));
+        uffd.register(mem, { missing: true });
+        const touched = rig.track(rig.toucher().read(mem.start));
+        assert.equal(nextFault(uffd).kind, "missing");
+        assert.equal(uffd.copy({ start: mem.start, len: pageSize, src: pageOf(12) }), pageSize);
+        assert.equal((await touched).first, 12);
+      }),
+  );
+
+  it("WP_HUGETLBFS_SHMEM: write protection on shmem", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd({ features: ["WP_HUGETLBFS_SHMEM"] });
+      const mem = rig.map(Mapping.memfd(pageSize));
+      mem.bytes()[0] = 1; // populate before registering
+      uffd.register(mem, { wp: true });
+      uffd.writeprotect({ start: mem.start, len: pageSize, wp: true });
+      const write = rig.track(rig.toucher().write(mem.start, 1, 2));
+      assert.equal(nextFault(uffd).kind, "wp");
+      uffd.writeprotect({ start: mem.start, len: pageSize, wp: false });
+      await write;
+      assert.equal(mem.bytes()[0], 2);
+    }));
+
+  it("MOVE remaps pages (anon) and returns the bytes moved; the source becomes empty", () => {
+    using uffd = Userfaultfd.open({ features: ["MOVE"] });
+    using src = Mapping.anonymous(2 * pageSize);
+    using dst = Mapping.anonymous(2 * pageSize);
+    src.bytes().fill(3);
+    uffd.register(dst);
+    assert.equal(uffd.move({ start: dst.start, src: src.start, len: 2 * pageSize }), 2 * pageSize);
+    assert.equal(dst.bytes()[0], 3);
+    assert.equal(dst.bytes()[2 * pageSize - 1], 3);
+    assert.equal(src.bytes()[0], 0, "the source pages are gone (src is not registered: fresh zero page)");
+  });
+
+  it("MOVE allowSrcHoles skips unpopulated source pages; without it a hole stops the move (partial, EAGAIN)", () => {
+    using uffd = Userfaultfd.open({ features: ["MOVE"] });
+    using src = Mapping.anonymous(2 * pageSize);
+    using dst = Mapping.anonymous(2 * pageSize);
+    src.bytes()[0] = 9; // page 0 populated, page 1 a hole
+    uffd.register(dst);
+    assert.throws(() => uffd.move({ start: dst.start, src: src.start, len: 2 * pageSize }), (e: unknown) => {
+      assert.ok(e instanceof UffdError);
+      assert.equal(e.code, "EAGAIN");
+      assert.equal(e.result, pageSize); // the populated page moved, the hole stopped it
+      assert.equal(e.done, pageSize);
+      return true;
+    });
+    assert.equal(
+      uffd.move({ start: dst.page(1), src: src.page(1), len: pageSize, allowSrcHoles: true }),
+      pageSize,
+    );
+    assert.equal(dst.bytes()[0], 9);
+  });
+
+  it("MOVE dontwake resolves a fault without waking until WAKE", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd({ features: ["MOVE"] });
+      const src = rig.map(Mapping.anonymous(pageSize));
+      const dst = rig.map(Mapping.anonymous(pageSize));
+      src.bytes().fill(77);
+      uffd.register(dst);
+      const touched = rig.track(rig.toucher().read(dst.start));
+      nextFault(uffd);
+      assert.equal(uffd.move({ start: dst.start, src: src.start, len: pageSize, dontwake: true }), pageSize);
+      assert.equal(waiters(uffd).total, 1);
+      uffd.wake(dst);
+      assert.equal((await touched).first, 77);
+    }));
+
+  it("POISON marks pages; a touch raises SIGBUS (child process)", { timeout: 30000 }, () => {
+    const r = runChild(fileURLToPath(new URL("./children/ops_poison.ts", import.meta.url)), ["direct"]);
+    assert.equal(r.stdout, `poisoned ${pageSize}\nclean page 0\n`, r.stderr);
+    assert.equal(r.signal, "SIGBUS", `child ended with ${r.status}/${r.signal}: ${r.stderr}`);
+  });
+
+  it("POISON dontwake resolves a fault without waking; WAKE then delivers SIGBUS (child process)", {
+    timeout: 30000,
+  }, () => {
+    const r = runChild(fileURLToPath(new URL("./children/ops_poison.ts", import.meta.url)), ["fault"]);
+    assert.equal(r.stdout, `poisoned ${pageSize}\nblocked 1\n`, r.stderr);
+    assert.equal(r.signal, "SIGBUS", `child ended with ${r.status}/${r.signal}: ${r.stderr}`);
+  });
+
+  it(
+    "SIGBUS feature: a missing fault raises SIGBUS instead of an event (child process)",
+    { timeout: 30000 },
+    () => {
+      const r = runChild(fileURLToPath(new URL("./children/sigbus.ts", import.meta.url)));
+      assert.match(r.stdout, /touching/);
+      assert.doesNotMatch(r.stdout, /survived/);
+      assert.equal(r.signal, "SIGBUS", `child ended with ${r.status}/${r.signal}: ${r.stderr}`);
+    },
+  );
+});
+
+describe("results and partial progress", () => {
+  it("EEXIST on a second COPY: result is -EEXIST, nothing done, WAKE still possible", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(pageSize);
+    uffd.register(mem);
+    assert.equal(uffd.copy({ start: mem.start, len: pageSize, src: pageOf(1) }), pageSize);
+    assert.throws(() => uffd.copy({ start: mem.start, len: pageSize, src: pageOf(2) }), (e: unknown) => {
+      assert.ok(e instanceof UffdError);
+      assert.equal(e.code, "EEXIST");
+      assert.equal(e.op, "UFFDIO_COPY");
+      assert.equal(e.result, -17);
+      assert.equal(e.done, 0);
+      assert.equal(e.source, "kernel");
+      assert.match(e.message, /wake/);
+      return true;
+    });
+    assert.equal(mem.bytes()[0], 1, "the first copy stays");
+    uffd.wake(mem);
+    assert.throws(
+      () => uffd.zeropage({ start: mem.start, len: pageSize }),
+      (e: unknown) => e instanceof UffdError && e.code === "EEXIST" && e.result === -17,
+    );
+  });
+
+  it("a partial COPY reports the bytes done in the signed result field and fails with EAGAIN", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(3 * pageSize);
+    uffd.register(mem);
+    uffd.zeropage({ start: mem.page(1), len: pageSize }); // page 1 already present
+    assert.throws(
+      () => uffd.copy({ start: mem.start, len: 3 * pageSize, src: new Uint8Array(3 * pageSize).fill(4) }),
+      (e: unknown) => {
+        assert.ok(e instanceof UffdError);
+        assert.equal(e.code, "EAGAIN");
+        assert.equal(e.result, pageSize);
+        assert.equal(e.done, pageSize);
+        return true;
+      },
+    );
+    assert.equal(mem.bytes()[0], 4);
+    // retry the remainder past the present page
+    assert.equal(uffd.copy({ start: mem.page(2), len: pageSize, src: pageOf(4) }), pageSize);
+    assert.equal(mem.bytes()[2 * pageSize], 4);
+  });
+});
+
+describe("reading events", () => {
+  it(
+    "readEvents reads a batch of faults from several Workers with one read()",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd();
+        const mem = rig.map(Mapping.anonymous(4 * pageSize));
+        uffd.register(mem);
+        const touches = [0, 1, 2].map((i) => rig.track(rig.toucher().read(mem.page(i))));
+        await untilPending(uffd, 3);
+        const buf = new EventBuffer(8);
+        assert.equal(uffd.readEvents(buf), 3);
+        assert.equal(buf.count, 3);
+        const addrs = buf.events().map((e) => (e as PagefaultEvent).address).sort((a, b) => a - b);
+        assert.deepEqual(addrs, [mem.page(0), mem.page(1), mem.page(2)]);
+        assert.equal(uffd.readEvents(buf), 0, "non-blocking: nothing left");
+        for (const [i, a] of addrs.entries()) uffd.copy({ start: a, len: pageSize, src: pageOf(10 + i) });
+        assert.deepEqual((await Promise.all(touches)).map((r) => r.first), [10, 11, 12]);
+      }),
+  );
+
+  it("readEvent with a timeout returns undefined when nothing is pending", () => {
+    using uffd = Userfaultfd.open({ nonBlocking: true });
+    const t0 = Date.now();
+    assert.equal(uffd.readEvent({ timeout: 50 }), undefined);
+    assert.ok(Date.now() - t0 >= 40);
+  });
+
+  it(
+    "events() does not block the event loop while it waits, yields faults, and ends on abort",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd();
+        const mem = rig.map(Mapping.anonymous(2 * pageSize));
+        uffd.register(mem);
+        const ac = new AbortController();
+        let ticks = 0;
+        const timer = setInterval(() => ticks++, 5);
+        const seen: number[] = [];
+        const t = rig.toucher();
+        try {
+          const loop = (async () => {
+            for await (const ev of uffd.events({ signal: ac.signal })) {
+              assert.equal(ev.type, "pagefault");
+              seen.push(ticks);
+              const a = (ev as PagefaultEvent).address;
+              uffd.copy({ start: a, len: pageSize, src: pageOf(a === mem.start ? 1 : 2) });
+            }
+            return "ended";
+          })();
+          await sleep(100); // the iterator is waiting: timers keep firing
+          assert.ok(ticks >= 5, `only ${ticks} timer ticks while events() waited`);
+          assert.equal((await rig.track(t.read(mem.start))).first, 1);
+          assert.equal((await rig.track(t.read(mem.page(1)))).first, 2);
+          assert.equal(seen.length, 2);
+          ac.abort();
+          assert.equal(await within(loop, 5000, "events() after abort"), "ended");
+        } finally {
+          clearInterval(timer);
+        }
+      }),
+  );
+
+  it("events() ends when the descriptor is closed", T, async () => {
+    const uffd = Userfaultfd.open({ nonBlocking: true });
+    try {
+      const loop = (async () => {
+        let n = 0;
+        for await (const _ of uffd.events()) n++;
+        return n;
+      })();
+      await sleep(50);
+      uffd.close();
+      assert.equal(await within(loop, 5000, "events() after close"), 0);
+    } finally {
+      uffd.close();
+    }
+  });
+
+  it("events() and timeouts on a blocking descriptor fail fast instead of hanging (child process)", T, () => {
+    const r = runChild(
+      fileURLToPath(new URL("./children/ops_blocking_timeout.ts", import.meta.url)),
+      [],
+      15000,
+    );
+    assert.equal(r.signal, null, `the child hung and was killed: ${r.stdout}${r.stderr}`);
+    assert.equal(r.stdout, "readEvent: EINVAL/library\nevents: EINVAL/library\n", r.stderr);
+  });
+
+  it("THREAD_ID reports the faulting thread's id (not the reader's)", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd({ features: ["THREAD_ID"] });
+      const mem = rig.map(Mapping.anonymous(pageSize));
+      uffd.register(mem);
+      const touched = rig.track(rig.toucher().read(mem.start));
+      const ev = nextFault(uffd);
+      const self = libc.syscall(186); // gettid
+      assert.ok(ev.threadId > 0);
+      assert.notEqual(ev.threadId, self);
+      // the thread belongs to this process
+      assert.ok(readTextFile(`/proc/self/task/${ev.threadId}/stat`) !== undefined);
+      uffd.zeropage(mem);
+      await touched;
+    }));
+
+  it("without THREAD_ID the thread id is 0", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd();
+      const mem = rig.map(Mapping.anonymous(pageSize));
+      uffd.register(mem);
+      const touched = rig.track(rig.toucher().read(mem.start));
+      assert.equal(nextFault(uffd).threadId, 0);
+      uffd.zeropage(mem);
+      await touched;
+    }));
+
+  it(
+    "EXACT_ADDRESS reports the unaligned faulting address; without it the address is page-aligned",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const exact = rig.uffd({ features: ["EXACT_ADDRESS"] });
+        const plain = rig.uffd();
+        const a = rig.map(Mapping.anonymous(pageSize));
+        const b = rig.map(Mapping.anonymous(pageSize));
+        exact.register(a);
+        plain.register(b);
+        const t = rig.toucher();
+        const ta = rig.track(t.read(a.start + 123));
+        assert.equal(nextFault(exact).address, a.start + 123);
+        exact.zeropage(a);
+        await ta;
+        const tb = rig.track(t.read(b.start + 123));
+        assert.equal(nextFault(plain).address, b.start);
+        plain.zeropage(b);
+        await tb;
+      }),
+  );
+
+  it(
+    "EVENT_REMOVE: madvise(DONTNEED) is reported; resolving ioctls get EAGAIN until it is read",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["EVENT_REMOVE"] });
+        const mem = rig.map(Mapping.anonymous(2 * pageSize));
+        uffd.register(mem);
+        uffd.zeropage({ start: mem.start, len: pageSize });
+        // the madvise blocks in the Worker until the event is read
+        const advised = rig.track(rig.libcWorker().madvise(mem.start, pageSize, 4 /* MADV_DONTNEED */));
+        assert.ok(readable(uffd, 10000), "no REMOVE event queued");
+        // queued, not read: the address space is changing, so resolving ioctls ask to retry
+        assert.throws(() => uffd.zeropage({ start: mem.page(1), len: pageSize }), (e: unknown) => {
+          assert.ok(e instanceof UffdError);
+          assert.equal(e.code, "EAGAIN");
+          assert.equal(e.result, -11);
+          assert.equal(e.done, 0);
+          return true;
+        });
+        const ev = nextEvent(uffd);
+        assert.deepEqual(ev, { type: "remove", start: mem.start, end: mem.start + pageSize });
+        assert.deepEqual(await advised, { ret: 0, errno: 0 });
+        assert.equal(uffd.zeropage({ start: mem.page(1), len: pageSize }), pageSize, "the retry succeeds");
+      }),
+  );
+
+  it(
+    "EVENT_REMAP: mremap of a registered range is reported with from, to, len",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["EVENT_REMAP"] });
+        const len = 2 * pageSize;
+        const addr = libc.mmap(0, len, 3, 0x22, -1, 0);
+        assert.ok(addr > 0);
+        let moved = 0;
+        try {
+          const mem = rig.map(Mapping.adopt(addr, len));
+          uffd.register(mem);
+          // the mremap returns only once the event has been read
+          const remapped = rig.track(rig.libcWorker().mremap(addr, len, 2 * len, 1 /* MREMAP_MAYMOVE */));
+          const ev = nextEvent(uffd);
+          const r = await remapped;
+          assert.equal(r.errno, 0);
+          moved = r.ret;
+          assert.equal(ev.type, "remap");
+          if (ev.type === "remap") {
+            assert.equal(ev.from, addr);
+            assert.equal(ev.len, len);
+            assert.equal(ev.to, moved);
+          }
+        } finally {
+          uffd.close();
+          if (moved > 0 && moved !== addr) libc.munmap(moved, 2 * len);
+          else libc.munmap(addr, len);
+        }
+      }),
+  );
+
+  it("EVENT_UNMAP: munmap of a registered range is reported", T, () =>
+    withRig(async (rig) => {
+      const uffd = rig.uffd({ features: ["EVENT_UNMAP"] });
+      const len = 2 * pageSize;
+      const addr = libc.mmap(0, len, 3, 0x22, -1, 0);
+      assert.ok(addr > 0);
+      const mem = rig.map(Mapping.adopt(addr, len)); // adopted: close() does not unmap
+      uffd.register(mem);
+      const unmapped = rig.track(rig.libcWorker().munmap(addr, len));
+      const ev = nextEvent(uffd);
+      assert.deepEqual(ev, { type: "unmap", start: addr, end: addr + len });
+      assert.deepEqual(await unmapped, { ret: 0, errno: 0 });
+    }));
+});
+
+describe("dirty tracking: WP_ASYNC + PAGEMAP_SCAN", () => {
+  it(
+    "scan finds the written pages, reprotects them, and a second scan is empty",
+    T,
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["WP_ASYNC", "WP_UNPOPULATED"] });
+        const mem = rig.map(Mapping.anonymous(8 * pageSize));
+        uffd.register(mem, { wp: true });
+        uffd.writeprotect({ start: mem.start, len: mem.len, wp: true });
+        using scan = new PagemapScanner();
+        assert.deepEqual(scan.scan(mem, { reprotect: true, checkWpAsync: true }), []);
+        const t = rig.toucher();
+        // WP_ASYNC: the kernel resolves write-protect faults itself, no event is raised
+        await rig.track(t.write(mem.page(1), 1, 1));
+        await rig.track(t.write(mem.page(5), 2 * pageSize, 1));
+        assert.equal(waiters(uffd).total, 0);
+        const written = scan.scan(mem, { reprotect: true });
+        assert.deepEqual(
+          written.map((r) => [r.start, r.end]),
+          [[mem.page(1), mem.page(2)], [mem.page(5), mem.page(7)]],
+        );
+        assert.ok(written.every((r) => (r.categories & PAGE_IS.WRITTEN) !== 0));
+        assert.deepEqual(scan.scan(mem), [], "reprotected: nothing written since");
+        await rig.track(t.write(mem.page(5), 1, 2));
+        assert.deepEqual(scan.scan(mem).map((r) => [r.start, r.end]), [[mem.page(5), mem.page(6)]]);
+        assert.equal(mem.bytes()[5 * pageSize], 2);
+        assert.equal(uffd.readEvent({ timeout: 0 }), undefined, "no events under WP_ASYNC");
+      }),
+  );
+});

@@ -1,0 +1,391 @@
+import { describe, it } from "node:test";
+import assert from "node:assert/strict";
+import { FaultServer, Mapping, pageSize, UffdError } from "../mod.ts";
+import { pattern, runFaulters } from "./helpers/faulters.ts";
+import { runChild } from "./helpers/child.ts";
+
+const T = { timeout: 90000 };
+const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
+
+describe("FaultServer", () => {
+  it(
+    "serves 12,000 pages to 4 Workers (2 sequential, 2 random, overlapping), every page checksummed",
+    T,
+    async () => {
+      const n = 12000;
+      const data = pattern(n, pageSize);
+      const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });
+      try {
+        const half = n / 2;
+        const results = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
+          { order: "seq", first: 0, count: half },
+          { order: "seq", first: half, count: half },
+          { order: "random", first: 0, count: n },
+          { order: "random", first: 0, count: n },
+        ]);
+        for (const r of results) assert.equal(r.bad, 0, "every page matches its source page");
+        assert.equal(results.reduce((s, r) => s + r.pages, 0), 3 * n);
+      } finally {
+        server.close();
+      }
+      const s = server.stats;
+      assert.equal(s.pages, n, "each page placed exactly once");
+      assert.equal(s.bytes, n * pageSize);
+      assert.equal(s.errors, 0);
+      assert.ok(s.faults >= n / 16 && s.faults <= 2 * n, `faults ${s.faults}`);
+      assert.equal(server.state, "stopped");
+    },
+  );
+
+  it("serves 10,000 random pages with 4 KiB COPY per fault and no readahead", T, async () => {
+    const n = 10000;
+    const data = pattern(n, pageSize, 7);
+    const server = await FaultServer.start({ source: { kind: "bytes", data } });
+    try {
+      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
+        { order: "random", first: 0, count: n },
+      ]);
+      assert.equal(r.bad, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.faults, n, "one fault per page without readahead");
+    assert.equal(server.stats.pages, n);
+  });
+
+  it("keeps fixed readahead windows inside the range at both ends", T, async () => {
+    const n = 1000; // 62.5 windows of 16: the last window is cut at the end
+    const data = pattern(n, pageSize, 3);
+    const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: 16 });
+    try {
+      const mem = server.bytes();
+      const src = new Uint8Array(data);
+      assert.equal(mem[(n - 1) * pageSize + 5], src[(n - 1) * pageSize + 5]);
+      await waitFor(() => server.stats.pages === 8);
+      assert.equal(server.stats.pages, 8, "window [992, 1000) is clamped to the range end");
+      assert.equal(mem[10], src[10]);
+      await waitFor(() => server.stats.pages === 24);
+      assert.equal(server.stats.pages, 24, "window [0, 16) at the range start");
+      assert.equal(mem[15 * pageSize + 1], src[15 * pageSize + 1], "page 15 came with the first window");
+      assert.equal(server.stats.faults, 2);
+    } finally {
+      server.close();
+    }
+  });
+
+  it("grows an adaptive window on sequential faults and clamps it at the range end", T, async () => {
+    const n = 40;
+    const data = pattern(n, pageSize, 5);
+    const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });
+    try {
+      const mem = server.bytes();
+      const src = new Uint8Array(data);
+      for (let p = 0; p < n; p++) assert.equal(mem[p * pageSize + 9], src[p * pageSize + 9]);
+    } finally {
+      server.close();
+    }
+    // windows 1, 2, 4, 8, 16 cover 31 pages, then the last 9 pages in one clamped window
+    assert.equal(server.stats.faults, 6);
+    assert.equal(server.stats.pages, n);
+  });
+
+  it("places pages with UFFDIO_MOVE from a staging area", T, async () => {
+    const n = 256;
+    const data = pattern(n, pageSize, 11);
+    const server = await FaultServer.start({
+      source: { kind: "bytes", data },
+      placement: "move",
+      readahead: 4,
+    });
+    try {
+      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
+        { order: "random", first: 0, count: n },
+      ]);
+      assert.equal(r.bad, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.pages, n);
+    assert.equal(server.stats.errors, 0);
+  });
+
+  it("resolves minor faults of a memfd populated out of band with UFFDIO_CONTINUE", T, async () => {
+    const n = 64;
+    using memfd = Mapping.memfd(n * pageSize);
+    const data = pattern(n, pageSize, 13);
+    memfd.bytes().set(new Uint8Array(data));
+    const server = await FaultServer.start({ source: { kind: "memfd", mapping: memfd } });
+    try {
+      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
+        { order: "random", first: 0, count: n },
+      ]);
+      assert.equal(r.bad, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.pages, n);
+    assert.equal(server.stats.errors, 0);
+  });
+
+  it("serves zero pages with UFFDIO_ZEROPAGE", T, async () => {
+    const server = await FaultServer.start({ source: { kind: "zero", length: 32 * pageSize }, readahead: 8 });
+    try {
+      const mem = server.bytes();
+      let sum = 0;
+      for (let i = 0; i < mem.length; i += 512) sum += mem[i];
+      assert.equal(sum, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.faults, 4);
+    assert.equal(server.stats.pages, 32);
+  });
+
+  it("serves a file mapped read-only, straight from the page cache", T, async () => {
+    const { mkdtempSync, writeFileSync, rmSync } = await import("node:fs");
+    const dir = mkdtempSync("/tmp/uffd-test-");
+    try {
+      const bytes = new Uint8Array(10 * pageSize + 100).map((_, i) => (i * 7) & 255);
+      writeFileSync(`${dir}/data.bin`, bytes);
+      const server = await FaultServer.start({
+        source: { kind: "file", path: `${dir}/data.bin` },
+        readahead: 4,
+      });
+      try {
+        const mem = server.bytes();
+        assert.equal(mem.length, 11 * pageSize);
+        assert.deepEqual(mem.slice(0, bytes.length), bytes);
+        assert.equal(mem[bytes.length], 0, "the tail past the file's end reads zero, as mmap defines");
+      } finally {
+        server.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
+
+  it(
+    "serves pages dropped by madvise as zeros next time (REMOVE event), or from the source again",
+    T,
+    async () => {
+      for (const onRemove of ["zero", "source"] as const) {
+        const data = new SharedArrayBuffer(8 * pageSize);
+        new Uint8Array(data).fill(0x5a);
+        const server = await FaultServer.start({ source: { kind: "bytes", data }, onRemove, readahead: 8 });
+        try {
+          const mem = server.bytes();
+          assert.equal(mem[3 * pageSize], 0x5a);
+          server.mapping.dontneed(2 * pageSize, 2 * pageSize);
+          await waitFor(() => server.stats.removed === 2);
+          assert.equal(server.stats.removed, 2, "REMOVE event seen for 2 pages");
+          assert.equal(mem[3 * pageSize], onRemove === "zero" ? 0 : 0x5a);
+          assert.equal(mem[4 * pageSize], 0x5a, "pages outside the removed range are kept");
+        } finally {
+          server.close();
+        }
+        assert.equal(server.stats.events, 1);
+      }
+    },
+  );
+
+  it("serves a custom async source from a module and counts every fault", T, async () => {
+    const server = await FaultServer.start({
+      source: { kind: "module", url: source("slow_source.ts"), length: 64 * pageSize },
+      readahead: 4,
+    });
+    try {
+      const mem = server.bytes();
+      for (let p = 0; p < 64; p++) assert.equal(mem[p * pageSize + 17], p & 255);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.pages, 64);
+    assert.equal(server.stats.faults, 16);
+  });
+
+  it(
+    "zero-fills a page whose source throws only when the caller chose onError zero, and records the error",
+    T,
+    async () => {
+      const server = await FaultServer.start({
+        source: { kind: "module", url: source("failing_source.ts"), length: 8 * pageSize },
+        onError: { retries: 2, then: "zero" },
+      });
+      try {
+        const mem = server.bytes();
+        assert.equal(mem[0], 1);
+        assert.equal(mem[3 * pageSize], 0, "the failed page was zero-filled as asked");
+        assert.equal(mem[4 * pageSize], 5);
+      } finally {
+        server.close();
+      }
+      const s = server.stats;
+      assert.equal(s.zeroed, 1);
+      assert.equal(s.retries, 2, "two retries before giving up");
+      assert.equal(s.errors, 1);
+      assert.match(server.lastError ?? "", /source cannot read page 3/);
+    },
+  );
+
+  it("poisons a page whose source keeps failing (default): the toucher gets SIGBUS, never zeros", T, () => {
+    const r = runChild(new URL("./children/server_poison.ts", import.meta.url).pathname);
+    assert.match(r.stdout, /page0=1\n/);
+    assert.match(r.stdout, /touching page 3/);
+    assert.doesNotMatch(r.stdout, /page3=|survived/);
+    assert.equal(r.signal, "SIGBUS");
+  });
+
+  it("survives a source that calls close() on the Worker or throws asynchronously", T, async () => {
+    for (const mode of ["close", "async-throw"]) {
+      const server = await FaultServer.start({
+        source: { kind: "module", url: source("failing_source.ts"), length: 8 * pageSize, options: { mode } },
+        onError: { retries: 0, then: "zero" },
+      });
+      try {
+        const [r] = await runFaulters(
+          server.mapping.start,
+          server.mapping.length,
+          pageSize,
+          expectedFailing(mode),
+          [{ order: "seq", first: 0, count: 8 }],
+          20000,
+        );
+        assert.equal(r.bad, 0, `${mode}: every page as expected`);
+        assert.equal(server.state, "running", `${mode}: the server still runs`);
+      } finally {
+        server.close();
+      }
+      const s = server.stats;
+      assert.equal(s.pages + s.zeroed, 8, `${mode}: 8 pages resolved`);
+      assert.equal(s.zeroed, mode === "close" ? 1 : 0, `${mode}: only a failed fill is zero-filled`);
+    }
+  });
+
+  it(
+    "close() with faults outstanding serves them first, then stops (nothing blocked, no zeros)",
+    T,
+    async () => {
+      const n = 6;
+      using mapping = Mapping.anonymous(16 * pageSize);
+      const server = await FaultServer.start({
+        source: {
+          kind: "module",
+          url: source("slow_source.ts"),
+          length: 16 * pageSize,
+          options: { delayMs: 150 },
+        },
+        mapping,
+      });
+      const expected = new SharedArrayBuffer(16 * pageSize);
+      new Uint8Array(expected).forEach((_, i, a) => (a[i] = (i >> 12) & 255));
+      const done = runFaulters(
+        mapping.start,
+        mapping.length,
+        pageSize,
+        expected,
+        Array.from({ length: n }, (_, i) => ({ order: "seq" as const, first: i, count: 1 })),
+        20000,
+      );
+      await waitFor(() => server.stats.faults >= 1);
+      server.close(); // faults are outstanding: the slow source is still filling
+      const results = await done;
+      for (const r of results) assert.equal(r.bad, 0, "each blocked faulter got its real page");
+      assert.equal(server.state, "stopped");
+      assert.equal(server.stats.pages, n);
+      assert.equal(server.stats.poisoned, 16 - n, "never-placed pages were poisoned at close");
+      assert.equal(server.uffd.closed, true);
+    },
+  );
+
+  it(
+    "poisons never-placed pages of a caller-owned mapping at close: a later touch is SIGBUS, not zeros",
+    T,
+    () => {
+      const r = runChild(new URL("./children/server_closed_poison.ts", import.meta.url).pathname);
+      assert.match(r.stdout, /page0=7\n/);
+      assert.match(r.stdout, /closed; page0 still 7/);
+      assert.doesNotMatch(r.stdout, /page2=|survived/);
+      assert.equal(r.signal, "SIGBUS");
+    },
+  );
+
+  it("stops on AbortSignal and releases its descriptor and mapping", T, async () => {
+    const ac = new AbortController();
+    const server = await FaultServer.start({
+      source: { kind: "zero", length: 4 * pageSize },
+      signal: ac.signal,
+    });
+    assert.equal(server.bytes()[0], 0);
+    ac.abort();
+    assert.equal(server.state, "stopped");
+    assert.equal(server.uffd.closed, true);
+    assert.equal(server.mapping.closed, true);
+    server.close(); // idempotent
+  });
+
+  it(
+    "bounce: 3 rounds of 4 Workers copying a served region out, then serving the copy (uffd-stress)",
+    T,
+    async () => {
+      const n = 2048;
+      const original = pattern(n, pageSize, 21);
+      let src = original;
+      for (let round = 0; round < 3; round++) {
+        const dst = new SharedArrayBuffer(n * pageSize);
+        const server = await FaultServer.start({
+          source: { kind: "bytes", data: src },
+          readahead: round === 1 ? 8 : "adaptive",
+        });
+        try {
+          const q = n / 4;
+          const results = await runFaulters(
+            server.mapping.start,
+            server.mapping.length,
+            pageSize,
+            original,
+            [0, 1, 2, 3].map((i) => ({ order: "random" as const, first: i * q, count: q, copyTo: dst })),
+          );
+          for (const r of results) assert.equal(r.bad, 0, `round ${round}: pages match the original`);
+        } finally {
+          server.close();
+        }
+        const s = server.stats;
+        assert.equal(s.pages, n, `round ${round}: pages`);
+        assert.equal(s.bytes, n * pageSize, `round ${round}: bytes`);
+        assert.equal(s.errors + s.poisoned + s.zeroed, 0, `round ${round}: no failures`);
+        assert.ok(s.faults >= n / 16 && s.faults <= n, `round ${round}: faults ${s.faults}`);
+        src = dst; // swap: the copy becomes the next source
+      }
+    },
+  );
+
+  it("rejects bad options before creating anything", () => {
+    const data = new SharedArrayBuffer(pageSize);
+    assert.throws(
+      () => new FaultServer({ source: { kind: "bytes", data }, placement: "continue" }),
+      (e) => e instanceof UffdError && e.source === "library" && /does not fit/.test(e.message),
+    );
+    assert.throws(
+      () => new FaultServer({ source: { kind: "bytes", data }, readahead: 0 }),
+      (e) => e instanceof UffdError && e.code === "EINVAL",
+    );
+    assert.throws(
+      () => new FaultServer({ source: { kind: "zero", length: 0 } }),
+      (e) => e instanceof UffdError && e.code === "EINVAL",
+    );
+  });
+});
+
+function expectedFailing(mode: string): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(8 * pageSize);
+  const b = new Uint8Array(sab);
+  for (let p = 0; p < 8; p++) {
+    b.fill(p === 3 && mode === "close" ? 0 : p + 1, p * pageSize, (p + 1) * pageSize);
+  }
+  return sab;
+}
+
+async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!cond() && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+}
