@@ -134,21 +134,13 @@ export interface FeaturesReport {
   supportError?: string;
 }
 
-/** The hint part of a {@link UffdError} message (`"<op> failed: <code>[ (checked ...)]: <hint>"`). */
-function hintOf(e: UffdError): string {
-  const prefix = `${e.op} failed: ${e.code}`;
-  let rest = e.message.startsWith(prefix) ? e.message.slice(prefix.length) : e.message;
-  rest = rest.replace(/^ \(checked before the syscall\)/, "");
-  return rest.replace(/^: /, "");
-}
-
 function tryOpen(via: "syscall" | "device", userModeOnly: boolean): OpenAttempt {
   try {
     Userfaultfd.open({ via, userModeOnly, handshake: false }).close();
     return { via, userModeOnly, ok: true };
   } catch (e) {
     if (!(e instanceof UffdError)) throw e;
-    return { via, userModeOnly, ok: false, code: e.code, errno: e.errno, hint: hintOf(e) };
+    return { via, userModeOnly, ok: false, code: e.code, errno: e.errno, hint: e.hint };
   }
 }
 

@@ -45,6 +45,7 @@ export {
 } from "./src/memory.ts";
 export {
   PAGE_IS,
+  type PagemapEntry,
   PagemapScanner,
   type PageRegion,
   PM_SCAN_CHECK_WPASYNC,

@@ -44,7 +44,7 @@ function serve(init: HandlerStart): void {
     // Declare the main thread's region here: the library checks every range against the
     // mappings its thread knows. The descriptor stays owned (and closed) by the main thread.
     region = Mapping.adopt(init.start, init.len);
-    uffd = Userfaultfd.fromFd(init.fd, 0, true);
+    uffd = Userfaultfd.fromFd(init.fd, 0);
     // The page that will be copied into the faulting region.
     page = Mapping.anonymous(pageSize);
     const pageBytes = page.bytes();

@@ -48,6 +48,11 @@ function hint(op: string, name: string): string {
   switch (name) {
     case "EPERM":
     case "EACCES":
+      if (op === "open /dev/userfaultfd") {
+        return "this user may not open /dev/userfaultfd: grant read/write on the device " +
+          "(e.g. setfacl -m u:$USER:rw /dev/userfaultfd, or a group with chgrp/chmod 660); " +
+          "the sysctl vm.unprivileged_userfaultfd does not apply to the device";
+      }
       if (op === "open" || op === "userfaultfd") {
         return "this process may not create a userfaultfd: set sysctl vm.unprivileged_userfaultfd=1, " +
           "grant CAP_SYS_PTRACE, or give the user read/write access to /dev/userfaultfd; " +
@@ -136,6 +141,8 @@ export class UffdError extends Error {
   readonly done: number;
   /** `"kernel"` when a syscall failed, `"library"` when a check rejected the call before it. */
   readonly source: ErrorSource;
+  /** What to do about it (the part of the message after the errno name). */
+  readonly hint: string;
 
   /** An error of operation `op` with errno number `errno`; see {@link UffdErrorOptions}. */
   constructor(op: string, errno: number, options: UffdErrorOptions = {}) {
@@ -149,6 +156,7 @@ export class UffdError extends Error {
     this.result = options.result;
     this.done = options.done ?? 0;
     this.source = src;
+    this.hint = what;
   }
 }
 

@@ -9,6 +9,7 @@ import {
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from "./abi.ts";
 import { readMsgField, uffd_msg_arms, UFFD_MSG_SIZE } from "./structs.ts";
+import type { Userfaultfd } from "./userfaultfd.ts";
 
 /** Why a page fault was raised. */
 export type PagefaultKind = "missing" | "wp" | "minor";
@@ -29,12 +30,18 @@ export interface PagefaultEvent {
   readonly flags: number;
 }
 
-/** `UFFD_EVENT_FORK`: the child's new descriptor, still a raw fd (see {@link ForkEvent.ufd}). */
+/** `UFFD_EVENT_FORK`: the child process's new userfaultfd. */
 export interface ForkEvent {
   /** Discriminant. */
   readonly type: "fork";
   /** The child's userfaultfd descriptor number, already handshaken. */
   readonly ufd: number;
+  /**
+   * The child's descriptor as a {@link Userfaultfd} (same features), when the event was
+   * read through {@link Userfaultfd.readEvents} / `readEvent` / `events()`. It is `remote`
+   * (the child is another process) and the caller owns it: close it when done.
+   */
+  readonly uffd?: Userfaultfd;
 }
 
 /** `UFFD_EVENT_REMAP`: mremap moved a registered range. */
@@ -122,6 +129,8 @@ export class EventBuffer {
   readonly capacity: number;
   /** Messages held after the last read. */
   count = 0;
+  /** Fork events' child descriptors by message index, set by {@link Userfaultfd.readEvents}. */
+  readonly forks: (Userfaultfd | undefined)[] = [];
 
   /** A buffer for up to `capacity` messages (default 16). */
   constructor(capacity = 16) {
@@ -133,7 +142,9 @@ export class EventBuffer {
   /** Decodes message `i` (0 ≤ i < count). */
   event(i: number): UffdEvent {
     if (i < 0 || i >= this.count) throw new RangeError(`event ${i} not in buffer of ${this.count}`);
-    return decodeEvent(this.bytes, i * UFFD_MSG_SIZE);
+    const ev = decodeEvent(this.bytes, i * UFFD_MSG_SIZE);
+    const child = this.forks[i];
+    return ev.type === "fork" && child ? { ...ev, uffd: child } : ev;
   }
 
   /** All messages held, decoded. */

@@ -75,9 +75,16 @@ const NO_MAPPING_ERRNO: Readonly<Record<string, string>> = {
  * Checks that `[start, start+len)` is non-empty, aligned to `align` and inside a
  * live mapping, throwing a library {@link UffdError} otherwise. The checks run in
  * the kernel's order (base-page alignment and length, then the mapping, then the
- * mapping's own page size) and give the errno the kernel would give.
+ * mapping's own page size) and give the errno the kernel would give. With `remote`
+ * (a descriptor serving another process) only the integer and alignment checks run.
  */
-export function checkRange(op: string, start: number, len: number, what = "range"): Mapping {
+export function checkRange(
+  op: string,
+  start: number,
+  len: number,
+  what = "range",
+  remote = false,
+): Mapping | undefined {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(len) || start < 0) {
     throw invalid(op, `${what} start and length must be non-negative integers (got ${start}, ${len})`);
   }
@@ -88,6 +95,7 @@ export function checkRange(op: string, start: number, len: number, what = "range
       `${what} 0x${start.toString(16)}+${len} is not aligned to the ${pageSize}-byte page size`,
     );
   }
+  if (remote) return undefined; // another process's memory: only the kernel knows its mappings
   const m = findMapping(start, len);
   if (!m) {
     throw invalid(

@@ -6,8 +6,8 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { ioctl, O_CLOEXEC } from "./abi.ts";
-import { invalid, UffdError } from "./errors.ts";
-import { checkRange, cstring } from "./memory.ts";
+import { ERRNO, invalid, UffdError } from "./errors.ts";
+import { checkRange, cstring, pageSize } from "./memory.ts";
 import { pm_scan_arg } from "./structs.ts";
 
 /** `PAGE_IS_*` categories of PAGEMAP_SCAN. */
@@ -35,6 +35,22 @@ export interface PageRegion {
   end: number;
   /** `PAGE_IS_*` bits. */
   categories: number;
+}
+
+/** One /proc/self/pagemap entry, decoded (see the kernel's Documentation/admin-guide/mm/pagemap.rst). */
+export interface PagemapEntry {
+  /** Bit 63: the page is present in RAM. */
+  present: boolean;
+  /** Bit 62: the page is swapped out. */
+  swapped: boolean;
+  /** Bit 61: a file page or shared anonymous page. */
+  file: boolean;
+  /** Bit 57: the PTE is userfaultfd write-protected (uffd-wp). */
+  uffdWp: boolean;
+  /** Bit 56: the page is mapped exclusively. */
+  exclusive: boolean;
+  /** Bit 55: the PTE is soft-dirty. */
+  softDirty: boolean;
 }
 
 /** Options of {@link PagemapScanner.scan}. */
@@ -69,6 +85,7 @@ export class PagemapScanner {
   #arg = pm_scan_arg();
   #vec: Uint32Array;
   #capacity: number;
+  #entry = new Uint32Array(2);
 
   /** Opens /proc/self/pagemap with room for `capacity` regions per PAGEMAP_SCAN call. */
   constructor(capacity = 1024) {
@@ -82,7 +99,7 @@ export class PagemapScanner {
   scan(range: { start: number; len: number }, options: ScanOptions = {}): PageRegion[] {
     const op = "PAGEMAP_SCAN";
     if (this.#fd < 0) throw invalid(op, "the scanner is closed", "EBADF");
-    checkRange(op, range.start, range.len);
+    checkRange(op, range.start, range.len); // pagemap scans this process only
     const required = options.required ?? PAGE_IS.WRITTEN;
     const anyOf = options.anyOf ?? 0;
     const excluded = options.excluded ?? 0;
@@ -114,6 +131,22 @@ export class PagemapScanner {
       start = walkEnd;
     }
     return out;
+  }
+
+  /** Reads the pagemap entry of the page holding `addr` (one 8-byte pread, no range check). */
+  entry(addr: number): PagemapEntry {
+    if (this.#fd < 0) throw invalid("pagemap", "the scanner is closed", "EBADF");
+    const n = libc.preadAddr(this.#fd, libc.addressOf(this.#entry), 8, Math.floor(addr / pageSize) * 8);
+    if (n !== 8) throw new UffdError("pread /proc/self/pagemap", n < 0 ? libc.errno() : ERRNO.EIO);
+    const hi = this.#entry[1];
+    return {
+      present: ((hi >>> 31) & 1) === 1,
+      swapped: ((hi >>> 30) & 1) === 1,
+      file: ((hi >>> 29) & 1) === 1,
+      uffdWp: ((hi >>> 25) & 1) === 1,
+      exclusive: ((hi >>> 24) & 1) === 1,
+      softDirty: ((hi >>> 23) & 1) === 1,
+    };
   }
 
   /** Closes the pagemap descriptor; safe twice. */

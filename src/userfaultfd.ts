@@ -16,6 +16,7 @@ import {
   O_NONBLOCK,
   O_RDWR,
   UFFD_API,
+  UFFD_EVENT,
   UFFD_USER_MODE_ONLY,
   UFFDIO_CONTINUE_MODE_DONTWAKE,
   UFFDIO_CONTINUE_MODE_WP,
@@ -152,6 +153,12 @@ export interface ContinueOptions extends DontwakeRange {
   wp?: boolean;
 }
 
+/** Options of {@link Userfaultfd.fromFd}. */
+export interface FromFdOptions {
+  /** The descriptor serves another process's memory: check ranges for alignment only. */
+  remote?: boolean;
+}
+
 /** Options of {@link Userfaultfd.readEvents}. */
 export interface ReadOptions {
   /** Wait at most this many milliseconds (0: do not wait); omitted: block (unless non-blocking). */
@@ -159,6 +166,8 @@ export interface ReadOptions {
 }
 
 let probed: ProbeResult | undefined;
+const NR_fcntl = 72;
+const F_GETFL = 3;
 
 function checkKeys(op: string, options: object, allowed: readonly string[]): void {
   // Only plain option bags are checked: a class instance that is a Range (a Mapping) carries
@@ -181,20 +190,30 @@ function checkFeatureNames(op: string, features: readonly string[]): void {
 }
 
 function openFd(op: string, flags: number, via: OpenVia): { fd: number; via: "syscall" | "device" } {
-  let errno = 0;
+  let sysErrno = 0;
   if (via !== "device") {
     const fd = libc.syscall(NR_userfaultfd, flags);
     if (fd >= 0) return { fd, via: "syscall" };
-    errno = libc.errno();
-    if (via === "syscall") throw new UffdError(op, errno);
+    sysErrno = libc.errno();
+    if (via === "syscall") throw new UffdError(op, sysErrno);
   }
+  let devErrno: number;
   const dev = libc.open(cstring("/dev/userfaultfd"), O_RDWR | O_CLOEXEC, 0);
-  if (dev < 0) throw new UffdError(op, errno || libc.errno());
-  const fd = libc.syscall(16, /* ioctl */ dev, ioctl.USERFAULTFD_IOC_NEW, flags);
-  const e = libc.errno();
-  libc.close(dev);
-  if (fd < 0) throw new UffdError(op, errno || e);
-  return { fd, via: "device" };
+  if (dev < 0) devErrno = libc.errno();
+  else {
+    const fd = libc.syscall(16, /* ioctl */ dev, ioctl.USERFAULTFD_IOC_NEW, flags);
+    devErrno = libc.errno();
+    libc.close(dev);
+    if (fd >= 0) return { fd, via: "device" };
+  }
+  if (via === "device") throw new UffdError("open /dev/userfaultfd", devErrno);
+  // Both ways failed: report both, the syscall's errno first.
+  const sys = new UffdError(op, sysErrno);
+  const device = new UffdError("open /dev/userfaultfd", devErrno);
+  throw new UffdError(op, sysErrno, {
+    detail: `the userfaultfd syscall failed with ${sys.code} (${sys.hint}); ` +
+      `/dev/userfaultfd failed with ${device.code} (${device.hint})`,
+  });
 }
 
 /**
@@ -216,6 +235,7 @@ export class Userfaultfd {
   #handshaken = false;
   #watchers = new Set<FdWatcher>();
   #nonBlocking: boolean;
+  #remote = false;
   readonly #api = uffdio_api();
   readonly #reg = uffdio_register();
   readonly #range = uffdio_range();
@@ -273,13 +293,27 @@ export class Userfaultfd {
 
   /**
    * Wraps a descriptor that already did its handshake (a fork event's `ufd`, or one
-   * received over a socket). `features` are those it was created with.
+   * received over a socket). `features` are those it was created with; whether it is
+   * non-blocking is read from the descriptor (`fcntl(F_GETFL)`). The wrapper owns the
+   * descriptor: its close() closes it.
+   *
+   * With `remote: true` the descriptor serves another process's memory (a forked child,
+   * or a process that sent it): ranges are checked for alignment only, not against
+   * this process's mappings.
    */
-  static fromFd(fd: number, features: readonly FeatureName[] | number = 0, nonBlocking = false): Userfaultfd {
+  static fromFd(
+    fd: number,
+    features: readonly FeatureName[] | number = 0,
+    options: FromFdOptions = {},
+  ): Userfaultfd {
     if (!Number.isInteger(fd) || fd < 0) throw invalid("fromFd", `not a descriptor: ${fd}`, "EBADF");
-    const u = new Userfaultfd(fd, nonBlocking);
+    const fl = libc.syscall(NR_fcntl, fd, F_GETFL);
+    if (fl < 0) throw new UffdError("fromFd", libc.errno());
+    const u = new Userfaultfd(fd, (fl & O_NONBLOCK) !== 0);
+    if (typeof features !== "number") checkFeatureNames("fromFd", features);
     u.#features = typeof features === "number" ? features : features.reduce((m, f) => m + featureBit(f), 0);
     u.#handshaken = true;
+    u.#remote = options.remote ?? false;
     return u;
   }
 
@@ -349,6 +383,11 @@ export class Userfaultfd {
     }
   }
 
+  /** Range checks before any syscall; a remote descriptor's ranges are another process's memory. */
+  #checkRange(op: string, start: number, len: number, what = "range"): void {
+    checkRange(op, start, len, what, this.#remote);
+  }
+
   #need(op: string, feature: FeatureName): void {
     if (!this.has(feature)) {
       throw invalid(op, `needs feature ${feature}: open with { features: ["${feature}"] }`);
@@ -398,11 +437,13 @@ export class Userfaultfd {
     const op = "UFFDIO_REGISTER";
     this.#handshakeDone(op);
     checkKeys(op, options, ["missing", "wp", "minor"]);
-    checkRange(op, range.start, range.len);
-    const any = options.missing || options.wp || options.minor;
-    const mode = (any ? (options.missing ? UFFDIO_REGISTER_MODE_MISSING : 0) : UFFDIO_REGISTER_MODE_MISSING) |
+    this.#checkRange(op, range.start, range.len);
+    const given = options.missing !== undefined || options.wp !== undefined || options.minor !== undefined;
+    const mode =
+      (given ? (options.missing ? UFFDIO_REGISTER_MODE_MISSING : 0) : UFFDIO_REGISTER_MODE_MISSING) |
       (options.wp ? UFFDIO_REGISTER_MODE_WP : 0) |
       (options.minor ? UFFDIO_REGISTER_MODE_MINOR : 0);
+    if (mode === 0) throw invalid(op, "no mode chosen: set at least one of missing, wp, minor to true");
     this.#reg.clear().set("start", range.start).set("len", range.len).set("mode", mode);
     this.#run(op, ioctl.UFFDIO_REGISTER, this.#reg);
     return { ioctls: ioctlNames(this.#reg.words[6], this.#reg.words[7]), ioctlBits: this.#reg.words[6] };
@@ -410,7 +451,7 @@ export class Userfaultfd {
 
   #rangeOp(op: string, req: number, range: Range): void {
     this.#handshakeDone(op);
-    checkRange(op, range.start, range.len);
+    this.#checkRange(op, range.start, range.len);
     this.#range.set("start", range.start).set("len", range.len);
     this.#run(op, req, this.#range);
   }
@@ -430,10 +471,10 @@ export class Userfaultfd {
     const op = "UFFDIO_COPY";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "src", "dontwake", "wp"]);
-    checkRange(op, options.start, options.len, "dst");
+    this.#checkRange(op, options.start, options.len, "dst");
     let src: number;
     if (typeof options.src === "number") {
-      if (!findMapping(options.src, options.len)) {
+      if (!this.#remote && !findMapping(options.src, options.len)) {
         throw invalid(op, `src 0x${options.src.toString(16)}+${options.len} is not inside a library mapping`);
       }
       src = options.src;
@@ -459,7 +500,7 @@ export class Userfaultfd {
     const op = "UFFDIO_ZEROPAGE";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake"]);
-    checkRange(op, options.start, options.len);
+    this.#checkRange(op, options.start, options.len);
     this.#zero.set("start", options.start).set("len", options.len)
       .set("mode", options.dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0).set("zeropage", 0);
     return this.#run(op, ioctl.UFFDIO_ZEROPAGE, this.#zero, "zeropage");
@@ -471,7 +512,7 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "wp", "dontwake"]);
     if (typeof options.wp !== "boolean") throw invalid(op, "wp must be true (protect) or false (unprotect)");
-    checkRange(op, options.start, options.len);
+    this.#checkRange(op, options.start, options.len);
     const mode = (options.wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0) |
       (options.dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
     this.#wp.set("start", options.start).set("len", options.len).set("mode", mode);
@@ -483,7 +524,7 @@ export class Userfaultfd {
     const op = "UFFDIO_CONTINUE";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake", "wp"]);
-    checkRange(op, options.start, options.len);
+    this.#checkRange(op, options.start, options.len);
     const mode = (options.dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0);
     this.#cont.set("start", options.start).set("len", options.len).set("mode", mode).set("mapped", 0);
@@ -496,7 +537,7 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake"]);
     this.#need(op, "POISON");
-    checkRange(op, options.start, options.len);
+    this.#checkRange(op, options.start, options.len);
     this.#poison.set("start", options.start).set("len", options.len)
       .set("mode", options.dontwake ? UFFDIO_POISON_MODE_DONTWAKE : 0).set("updated", 0);
     return this.#run(op, ioctl.UFFDIO_POISON, this.#poison, "updated");
@@ -508,8 +549,8 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "src", "dontwake", "allowSrcHoles"]);
     this.#need(op, "MOVE");
-    checkRange(op, options.start, options.len, "dst");
-    checkRange(op, options.src, options.len, "src");
+    this.#checkRange(op, options.start, options.len, "dst");
+    this.#checkRange(op, options.src, options.len, "src");
     const mode = (options.dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0) |
       (options.allowSrcHoles ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0);
     this.#move.set("dst", options.start).set("src", options.src).set("len", options.len).set("mode", mode)
@@ -550,6 +591,14 @@ export class Userfaultfd {
       const n = libc.read(this.#fd, buf.bytes, buf.bytes.byteLength);
       if (n >= 0) {
         buf.count = Math.floor(n / 32);
+        buf.forks.length = 0;
+        for (let i = 0; i < buf.count; i++) {
+          if (buf.bytes[i * 32] === UFFD_EVENT.FORK) {
+            const ufd = new Uint32Array(buf.bytes.buffer, buf.bytes.byteOffset + i * 32 + 8, 1)[0];
+            // The child is always another process: its ranges are not this process's mappings.
+            buf.forks[i] = Userfaultfd.fromFd(ufd, this.#features, { remote: true });
+          }
+        }
         return buf.count;
       }
       const e = libc.errno();

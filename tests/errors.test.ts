@@ -228,11 +228,13 @@ describe("library checks match the kernel's errno", () => {
       throwsCode(() => o.lib(uffd, mem.start, pageSize, { bogus: true }), "EINVAL", "library");
       assert.equal(kernel(uffd.fd, o.req, o.raw(mem.start, pageSize, o.badMode)), "EINVAL", o.op);
     }
-    // REGISTER with mode 0 (no mode at all) is EINVAL too; the library turns {} into MISSING
+    // REGISTER with mode 0 (no mode at all) is EINVAL; the library turns {} into MISSING but
+    // refuses modes that are all false, as the kernel would
     assert.equal(
       kernel(uffd.fd, ioctl.UFFDIO_REGISTER, uffdio_register().set("start", mem.start).set("len", pageSize)),
       "EINVAL",
     );
+    throwsCode(() => uffd.register(src, { missing: false, wp: false, minor: false }), "EINVAL", "library");
   });
 
   it("every operation before the UFFDIO_API handshake: EINVAL from both", () => {

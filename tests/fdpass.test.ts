@@ -68,7 +68,7 @@ describe("sendFd / recvFd / socketPair", () => {
         const fd = recvFd(b);
         assert.notEqual(fd, original.fd);
         assert.equal(fdFlags(fd) & O_CLOEXEC, O_CLOEXEC, "received descriptors are close-on-exec");
-        received = Userfaultfd.fromFd(fd, ["THREAD_ID"], true);
+        received = Userfaultfd.fromFd(fd, ["THREAD_ID"]);
         original.close(); // the received descriptor keeps the same userfaultfd alive
         const touch = t.read(mem.page(1));
         touched = touch.catch(() => {});
@@ -198,17 +198,17 @@ describe("uffd from another process (C fixture)", () => {
       try {
         const r = acceptUffd(l.fd);
         conn = r.conn;
-        uffd = Userfaultfd.fromFd(r.fd, 0, true); // the fixture opened it O_NONBLOCK
+        // the fixture's memory is in its own address space: remote skips the local mapping checks
+        uffd = Userfaultfd.fromFd(r.fd, 0, { remote: true });
+        assert.equal(uffd.nonBlocking, true, "O_NONBLOCK read from the descriptor (the fixture set it)");
         const ev = uffd.readEvent({ timeout: 10000 });
         assert.ok(ev && ev.type === "pagefault", `no fault from the fixture: ${fx.out()}`);
         assert.equal(ev.kind, "missing");
         assert.equal(ev.address % pageSize, 0);
-        // the address is in the fixture's address space: declare it so the range checks pass
-        using remote = Mapping.adopt(ev.address, pageSize);
         const text = new TextEncoder().encode("hello from the TypeScript monitor\0");
         const page = new Uint8Array(pageSize);
         page.set(text);
-        assert.equal(uffd.copy({ start: remote.start, len: pageSize, src: page }), pageSize);
+        assert.equal(uffd.copy({ start: ev.address, len: pageSize, src: page }), pageSize);
         assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
         assert.equal(fx.out(), "read: hello from the TypeScript monitor\n");
       } finally {
@@ -232,7 +232,7 @@ describe("uffd from another process (C fixture)", () => {
       try {
         const r = acceptUffd(l.fd);
         conn = r.conn;
-        uffd = Userfaultfd.fromFd(r.fd, 0, true);
+        uffd = Userfaultfd.fromFd(r.fd, 0);
         assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
         using here = Mapping.anonymous(pageSize); // any aligned range: the mm is gone first
         const u = uffd;
@@ -271,18 +271,21 @@ describe("uffd from another process (C fixture)", () => {
       try {
         const r = acceptUffd(l.fd);
         conn = r.conn;
-        parent = Userfaultfd.fromFd(r.fd, ["EVENT_FORK"], true);
+        parent = Userfaultfd.fromFd(r.fd, ["EVENT_FORK"]);
         const ev = parent.readEvent({ timeout: 10000 });
         assert.ok(ev && ev.type === "fork", `no fork event: ${JSON.stringify(ev)} ${fx.out()}`);
         // the kernel installed the child's uffd in this process (the reader), non-blocking like the parent's
         assert.ok(ev.ufd > 2);
-        child = Userfaultfd.fromFd(ev.ufd, ["EVENT_FORK"], true);
+        assert.ok(ev.uffd, "the fork event carries the child's descriptor as a Userfaultfd");
+        assert.equal(ev.uffd.fd, ev.ufd);
+        assert.equal(ev.uffd.nonBlocking, true);
+        assert.deepEqual(ev.uffd.features, ["EVENT_FORK"]);
+        child = ev.uffd; // owns the child's descriptor; remote: the child is another process
         const pf = child.readEvent({ timeout: 10000 });
         assert.ok(pf && pf.type === "pagefault", `no fault from the fixture's child: ${fx.out()}`);
-        using remote = Mapping.adopt(pf.address, pageSize);
         const page = new Uint8Array(pageSize);
         page.set(new TextEncoder().encode("served through the fork event\0"));
-        assert.equal(child.copy({ start: remote.start, len: pageSize, src: page }), pageSize);
+        assert.equal(child.copy({ start: pf.address, len: pageSize, src: page }), pageSize);
         assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
         assert.equal(fx.out(), "read: served through the fork event (child)\nchild exited 0\n");
       } finally {

@@ -84,7 +84,7 @@ function monitor(
         stats.fork++;
         assert.ok(ev.ufd >= 0, `fork event ufd ${ev.ufd}`);
         // The child's descriptor shares the parent's flags (O_NONBLOCK) and features.
-        uffd = Userfaultfd.fromFd(ev.ufd, features, true);
+        uffd = Userfaultfd.fromFd(ev.ufd, features);
         opened.push(uffd);
         break;
       }
@@ -227,7 +227,7 @@ async function eventsForkLeg(mt: MemType, wp: boolean): Promise<string | undefin
     assert.equal(kv.ready, "1", fx.output);
     const fd = grabFd(Number(kv.pid), Number(kv.uffd));
     if (typeof fd === "string") return fd;
-    const parent = Userfaultfd.fromFd(fd, features(wp), true);
+    const parent = Userfaultfd.fromFd(fd, features(wp));
     opened.push(parent);
     const start = Number(kv.area);
     const remapTo = Number(kv.target);

@@ -54,12 +54,12 @@ async function sigbusForkLeg(mt: MemType, wp: boolean): Promise<string | undefin
     assert.equal(kv.ready, "1", fx.output);
     const fd = grabFd(Number(kv.pid), Number(kv.uffd));
     if (typeof fd === "string") return fd;
-    const parent = Userfaultfd.fromFd(fd, features, true);
+    const parent = Userfaultfd.fromFd(fd, features);
     opened.push(parent);
     await fx.go(5000);
     const ev = parent.readEvent({ timeout: 3000 });
     assert.ok(ev && ev.type === "fork", `want the fork event, got ${JSON.stringify(ev)}`);
-    const child = Userfaultfd.fromFd(ev.ufd, features, true);
+    const child = Userfaultfd.fromFd(ev.ufd, features);
     opened.push(child);
     const end = await fx.wait(10000);
     assert.equal(end.code, 0, fx.output);

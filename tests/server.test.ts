@@ -262,6 +262,44 @@ describe("FaultServer", () => {
   });
 
   it(
+    "a standby thread takes over when the serving thread dies mid-fault (process.exit in the source)",
+    T,
+    async () => {
+      const crashed = new Int32Array(new SharedArrayBuffer(4));
+      const server = await FaultServer.start({
+        source: {
+          kind: "module",
+          url: source("crashing_source.ts"),
+          length: 8 * pageSize,
+          options: { crashed },
+        },
+      });
+      try {
+        const expected = new SharedArrayBuffer(8 * pageSize);
+        for (let p = 0; p < 8; p++) new Uint8Array(expected).fill(p + 1, p * pageSize, (p + 1) * pageSize);
+        const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, expected, [
+          { order: "seq", first: 0, count: 8 },
+        ], 20000);
+        assert.equal(Atomics.load(crashed, 0), 1, "the primary thread really exited");
+        assert.equal(r.bad, 0, "every page served, the one being filled when the thread died included");
+        assert.equal(server.stats.takeovers, 1);
+        assert.equal(server.state, "running");
+      } finally {
+        server.close();
+      }
+      assert.equal(server.state, "stopped");
+      assert.equal(server.stats.pages, 8);
+    },
+  );
+
+  it("a process that never calls close() still exits on its own", T, () => {
+    const r = runChild(new URL("./children/server_no_close.ts", import.meta.url).pathname, [], 15000);
+    assert.match(r.stdout, /sum=96 faults=32/);
+    assert.equal(r.signal, null, "not killed by the timeout");
+    assert.equal(r.status, 0);
+  });
+
+  it(
     "close() with faults outstanding serves them first, then stops (nothing blocked, no zeros)",
     T,
     async () => {

@@ -4,6 +4,7 @@
  * counters live in shared memory and can be read at any time without messaging.
  * @module
  */
+import { Worker } from "node:worker_threads";
 import { invalid, UffdError } from "../errors.ts";
 import { EventFd } from "../eventfd.ts";
 import { Mapping, pageSize as systemPageSize } from "../memory.ts";
@@ -112,6 +113,8 @@ export interface FaultServerStats {
   zeroed: number;
   /** Source retries. */
   retries: number;
+  /** Times the standby thread took over from a primary thread that ended unexpectedly. */
+  takeovers: number;
   /** Batches found while busy-polling. */
   spinHits: number;
   /** read() calls that returned messages. */
@@ -152,7 +155,7 @@ export class FaultServer {
   readonly #pages: Uint8Array;
   readonly #error: Uint8Array;
   readonly #stop = new EventFd();
-  readonly #worker: Worker;
+  readonly #threads: Worker[] = [];
   readonly #owned: Mapping[] = [];
   readonly #hold: unknown[] = [];
   readonly #closeTimeoutMs: number;
@@ -254,7 +257,6 @@ export class FaultServer {
         pages: this.#pages.buffer as SharedArrayBuffer,
         error: this.#error.buffer as SharedArrayBuffer,
       };
-      this.#worker = new Worker(new URL("./worker.ts", import.meta.url), { type: "module" });
     } catch (e) {
       this.#release();
       throw e;
@@ -265,26 +267,29 @@ export class FaultServer {
       readyResolve = res;
       readyReject = rej;
     });
+    this.ready.catch(() => {});
     let exitedResolve!: () => void;
     this.#exited = new Promise((res) => (exitedResolve = res));
-    this.#worker.onmessage = (e: MessageEvent<{ type: string; message?: string }>) => {
-      if (e.data.type === "ready") readyResolve();
-      else if (e.data.type === "error") {
-        readyReject(
-          new UffdError("FaultServer", 5, { source: "library", detail: `worker failed: ${e.data.message}` }),
-        );
-        exitedResolve();
-      } else if (e.data.type === "stopped") exitedResolve();
+    const url = new URL("./worker.ts", import.meta.url);
+    const failed = (detail: string): void => {
+      readyReject(new UffdError("FaultServer", 5, { source: "library", detail }));
     };
-    this.#worker.onerror = (e: ErrorEvent) => {
-      e.preventDefault?.();
-      readyReject(
-        new UffdError("FaultServer", 5, { source: "library", detail: `worker crashed: ${e.message}` }),
-      );
-      exitedResolve();
-    };
-    this.ready.catch(() => {});
-    this.#worker.postMessage(init);
+    let alive = 2;
+    for (const role of ["primary", "standby"] as const) {
+      // unref: a server that was never closed must not keep the process alive.
+      const w = new Worker(url, { workerData: { role, init } });
+      w.unref();
+      w.on("message", (m: { type: string; message?: string }) => {
+        w.unref(); // again: Bun refs a thread that starts after an early unref()
+        if (m.type === "ready") readyResolve();
+        else if (m.type === "error") failed(`${role} thread failed: ${m.message}`);
+      });
+      w.on("error", (e: Error) => failed(`${role} thread crashed: ${e.message}`));
+      w.on("exit", () => {
+        if (--alive === 0) exitedResolve();
+      });
+      this.#threads.push(w);
+    }
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
@@ -353,6 +358,7 @@ export class FaultServer {
       poisoned: s[STAT.poisoned],
       zeroed: s[STAT.zeroed],
       retries: s[STAT.retries],
+      takeovers: s[STAT.takeovers],
       spinHits: s[STAT.spinHits],
       reads: s[STAT.reads],
       removed: s[STAT.removed],
@@ -397,7 +403,7 @@ export class FaultServer {
       if (left <= 0) break;
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
-    this.#worker.terminate();
+    for (const w of this.#threads) void w.terminate();
     if (this.#onClose === "poison") this.#poisonEmpty();
     this.#release();
   }
@@ -434,7 +440,7 @@ export class FaultServer {
     this.#stop.close();
   }
 
-  /** Resolves once the Worker has exited (after {@link close}). */
+  /** Resolves once both server threads have exited (after {@link close}). */
   get exited(): Promise<void> {
     return this.#exited;
   }

@@ -26,9 +26,10 @@ export const STAT = {
   removed: 16,
   heapStart: 17,
   heapNow: 18,
+  takeovers: 19,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 19;
+export const STAT_COUNT = 20;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {

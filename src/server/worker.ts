@@ -1,18 +1,25 @@
 /**
- * Entry of the fault server's Worker: opens libc itself (through ffi/), loads a
- * custom source module if any, and runs the loop until stopped.
+ * Entry of the fault server's threads (`node:worker_threads`, which both runtimes
+ * provide and which can be unref'd so a forgotten server never keeps the process
+ * alive). Each thread opens libc itself (through ffi/).
+ *
+ * - `primary` loads the custom source module if any and serves faults until stopped.
+ * - `standby` waits on a pidfd of the primary's thread (PIDFD_THREAD) and the stop
+ *   descriptor. If the primary's thread ends while the server is still running (a
+ *   source called `process.exit()`, or the loop died), it wakes the whole region so
+ *   faults the dead thread had read are raised again, and serves in its place.
  * @module
  */
+import { parentPort, workerData } from "node:worker_threads";
 import { type FillFunction, serve } from "./loop.ts";
-import type { ServerInit } from "./layout.ts";
+import { CTRL, type ServerInit, STAT, STATE } from "./layout.ts";
 import { libc } from "../../ffi/mod.ts";
-import { CTRL } from "./layout.ts";
+import { ioctl } from "../abi.ts";
+import { POLLIN } from "../eventfd.ts";
 
-const scope = globalThis as unknown as {
-  onmessage: ((e: MessageEvent<ServerInit>) => void) | null;
-  postMessage(m: unknown): void;
-  close(): void;
-};
+const NR_gettid = 186;
+const NR_pidfd_open = 434;
+const PIDFD_THREAD = 0o200; // O_EXCL
 
 interface SourceModule {
   fill?: FillFunction;
@@ -20,41 +27,81 @@ interface SourceModule {
   default?: { fill?: FillFunction; init?: (options: unknown) => void | Promise<void> };
 }
 
-// A custom source must not be able to kill the server: self.close() from a source
-// throws instead, and uncaught errors are recorded rather than ending the Worker.
-const realClose = typeof scope.close === "function" ? scope.close.bind(scope) : () => {};
-scope.close = () => {
-  throw new Error("a page source called close() on the fault server's Worker");
-};
-(globalThis as unknown as { addEventListener(t: string, f: (e: Event) => void): void }).addEventListener(
-  "error",
-  (e: Event) => e.preventDefault(),
-);
-(globalThis as unknown as { addEventListener(t: string, f: (e: Event) => void): void }).addEventListener(
-  "unhandledrejection",
-  (e: Event) => e.preventDefault(),
-);
+const { role, init } = workerData as { role: "primary" | "standby"; init: ServerInit };
+const ctrl = new Int32Array(init.ctrl);
+const post = (m: unknown): void => parentPort?.postMessage(m);
 
-scope.onmessage = async (e: MessageEvent<ServerInit>) => {
-  scope.onmessage = null;
-  const init = e.data;
-  new Int32Array(init.ctrl)[CTRL.tid] = libc.syscall(186 /* gettid */);
-  let fill: FillFunction | undefined;
-  try {
-    if (init.source.kind === "module") {
-      const mod = (await import(init.source.url)) as SourceModule;
-      const f = mod.fill ?? mod.default?.fill;
-      if (typeof f !== "function") {
-        throw new TypeError(`${init.source.url} exports no fill(offset, dest) function`);
-      }
-      await (mod.init ?? mod.default?.init)?.(init.source.options);
-      fill = f;
-    }
-    scope.postMessage({ type: "ready" });
-    await serve(init, fill);
-    scope.postMessage({ type: "stopped" });
-  } catch (err) {
-    scope.postMessage({ type: "error", message: err instanceof Error ? err.message : String(err) });
-  }
-  realClose();
+// A custom source must not kill the server by accident: close() throws, and uncaught
+// errors and rejections are swallowed (the failing fill is handled by the policy).
+const g = globalThis as unknown as {
+  close?: () => void;
+  addEventListener?: (t: string, f: (e: Event) => void) => void;
 };
+g.close = () => {
+  throw new Error("a page source called close() on the fault server's thread");
+};
+g.addEventListener?.("error", (e: Event) => e.preventDefault());
+g.addEventListener?.("unhandledrejection", (e: Event) => e.preventDefault());
+
+async function loadSource(): Promise<FillFunction | undefined> {
+  if (init.source.kind !== "module") return undefined;
+  const mod = (await import(init.source.url)) as SourceModule;
+  const f = mod.fill ?? mod.default?.fill;
+  if (typeof f !== "function") {
+    throw new TypeError(`${init.source.url} exports no fill(offset, dest) function`);
+  }
+  await (mod.init ?? mod.default?.init)?.(init.source.options);
+  return f;
+}
+
+/** Blocks until the primary's thread ends (true) or the server is stopped (false). */
+function awaitPrimaryExit(): boolean {
+  while (Atomics.load(ctrl, CTRL.tid) === 0) {
+    if (Atomics.load(ctrl, CTRL.state) >= STATE.stopped) return false;
+    Atomics.wait(ctrl, CTRL.tid, 0, 100);
+  }
+  const pidfd = libc.syscall(NR_pidfd_open, Atomics.load(ctrl, CTRL.tid), PIDFD_THREAD);
+  if (pidfd < 0) return false; // no PIDFD_THREAD (Linux < 6.9): no standby
+  const fds = new Int32Array([pidfd, POLLIN, init.stopFd, POLLIN]);
+  const revents = new Uint16Array(fds.buffer);
+  for (;;) {
+    const r = libc.poll(fds, 2, -1);
+    if (r < 0 && libc.errno() === 4) continue;
+    libc.close(pidfd);
+    if (r < 0 || revents[7] !== 0) return false;
+    return Atomics.load(ctrl, CTRL.state) === STATE.running;
+  }
+}
+
+/** Serves in place of a primary thread that ended while the server was running. */
+async function takeOver(): Promise<void> {
+  const stats = new Float64Array(init.stats);
+  stats[STAT.takeovers]++;
+  const fill = await loadSource();
+  // Faults the dead thread read but never resolved: wake them so they fault again.
+  const range = new Uint32Array(4);
+  range[0] = init.start % 4294967296;
+  range[1] = Math.floor(init.start / 4294967296);
+  range[2] = init.len % 4294967296;
+  range[3] = Math.floor(init.len / 4294967296);
+  libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
+  post({ type: "takeover" });
+  await serve(init, fill);
+  post({ type: "stopped" });
+}
+
+try {
+  if (role === "primary") {
+    Atomics.store(ctrl, CTRL.tid, libc.syscall(NR_gettid));
+    Atomics.notify(ctrl, CTRL.tid);
+    const fill = await loadSource();
+    post({ type: "ready" });
+    await serve(init, fill);
+    post({ type: "stopped" });
+  } else {
+    post({ type: "standby" }); // the main thread unrefs on any message (Bun re-refs a late-starting thread)
+    if (awaitPrimaryExit()) await takeOver();
+  }
+} catch (err) {
+  post({ type: "error", message: err instanceof Error ? err.message : String(err) });
+}

@@ -4,7 +4,7 @@ import { mkdirSync, renameSync, statSync } from "node:fs";
 import { spawnSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { freeHugePages, hugePageSize, Mapping, pageSize, UffdError } from "../../mod.ts";
+import { freeHugePages, hugePageSize, Mapping, PagemapScanner, pageSize, UffdError } from "../../mod.ts";
 import { libc } from "../../ffi/mod.ts";
 
 /** The memory types of uffd-unit-tests.c this port covers ("hugetlb" is the shared one). */
@@ -129,23 +129,6 @@ export const PM_UFFD_WP_BIT = 57;
 /** `PM_PRESENT`: bit 63. */
 export const PM_PRESENT_BIT = 63;
 
-/**
- * Reads this process's pagemap entry for `addr` (as hi/lo 32-bit words). Through libc, not
- * node:fs: Deno asks for --allow-all to read /proc/self.
- */
-export function pagemapEntry(addr: number): { hi: number; lo: number } {
-  const fd = libc.open(cstr("/proc/self/pagemap"), 0o2000000, 0);
-  if (fd < 0) throw new Error(`open /proc/self/pagemap: errno ${libc.errno()}`);
-  try {
-    const b = new Uint32Array(2);
-    const n = libc.preadAddr(fd, libc.addressOf(b), 8, Math.floor(addr / pageSize) * 8);
-    if (n !== 8) throw new Error(`short pagemap read: ${n}`);
-    return { lo: b[0], hi: b[1] };
-  } finally {
-    libc.close(fd);
-  }
-}
-
 /** A small /proc file read through libc (Deno wants --allow-all for /proc/self via node:fs). */
 export function readProcFile(path: string): string | undefined {
   const fd = libc.open(cstr(path), 0o2000000, 0);
@@ -165,9 +148,10 @@ function cstr(s: string): Uint8Array {
   return new TextEncoder().encode(s + "\0");
 }
 
-/** Whether the uffd-wp bit is set in the pagemap entry of `addr`. */
+/** Whether the uffd-wp bit is set in the pagemap entry of `addr` (PagemapScanner.entry). */
 export function pagemapWp(addr: number): boolean {
-  return ((pagemapEntry(addr).hi >>> (PM_UFFD_WP_BIT - 32)) & 1) === 1;
+  using scanner = new PagemapScanner(1);
+  return scanner.entry(addr).uffdWp;
 }
 
 /** Path of a file next to the tests directory. */
