@@ -342,14 +342,19 @@ export class Mapping {
   }
 
   /**
-   * `mremap` the whole mapping to `newLength` (may move); returns a new Mapping
-   * that owns the memory and closes this one without unmapping.
+   * `mremap` the whole mapping to `newLength` (may move; `to` moves it to that address with
+   * MREMAP_FIXED, replacing whatever was mapped there); returns a new Mapping that owns the
+   * memory and closes this one without unmapping.
    */
-  remap(newLength: number, options: { dontUnmap?: boolean } = {}): Mapping {
+  remap(newLength: number, options: { dontUnmap?: boolean; to?: number } = {}): Mapping {
     this.#check("mremap");
     Mapping.#checkLength("mremap", newLength, this.pageSize);
-    const flags = mm.MREMAP_MAYMOVE | (options.dontUnmap ? mm.MREMAP_DONTUNMAP : 0);
-    const a = libc.mremap(this.address, this.length, newLength, flags, 0);
+    if (options.to !== undefined && (options.to % this.pageSize !== 0 || options.to <= 0)) {
+      throw invalid("mremap", `to must be a ${this.pageSize}-aligned address (got ${options.to})`);
+    }
+    const flags = mm.MREMAP_MAYMOVE | (options.dontUnmap ? mm.MREMAP_DONTUNMAP : 0) |
+      (options.to !== undefined ? mm.MREMAP_FIXED : 0);
+    const a = libc.mremap(this.address, this.length, newLength, flags, options.to ?? 0);
     if (a === -1) fail("mremap");
     const next = new Mapping(a, newLength, this.kind, this.pageSize, this.fd, true, this.#ownsFd);
     if (!options.dontUnmap) {

@@ -188,6 +188,42 @@ describe("FaultServer", () => {
     },
   );
 
+  it(
+    "follows the region when mremap moves it (REMAP event) and keeps serving at the new address",
+    T,
+    async () => {
+      const n = 8;
+      const data = pattern(n, pageSize, 17);
+      const src = new Uint8Array(data);
+      const mapping = Mapping.anonymous(n * pageSize);
+      const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping });
+      let moved: Mapping | undefined;
+      try {
+        assert.equal(mapping.bytes()[1 * pageSize + 3], src[1 * pageSize + 3]);
+        const hole = Mapping.anonymous(n * pageSize);
+        const to = hole.start;
+        hole.close(); // free the address, then move the served region there
+        moved = mapping.remap(n * pageSize, { to });
+        assert.equal(moved.start, to);
+        await waitFor(() => server.address === to);
+        assert.equal(server.address, to, "the server saw the REMAP event");
+        const view = moved.bytes();
+        assert.equal(view[1 * pageSize + 3], src[1 * pageSize + 3], "a placed page moved with the region");
+        assert.equal(
+          view[5 * pageSize + 9],
+          src[5 * pageSize + 9],
+          "a missing page is served at the new address",
+        );
+      } finally {
+        server.close();
+        moved?.close();
+      }
+      assert.ok(server.stats.events >= 1, "REMAP (and the kernel's UNMAP of the old range) counted");
+      assert.equal(server.stats.errors, 0);
+      assert.equal(server.stats.poisoned, n - 2, "close poisons the never-placed pages at the new address");
+    },
+  );
+
   it("serves a custom async source from a module and counts every fault", T, async () => {
     const server = await FaultServer.start({
       source: { kind: "module", url: source("slow_source.ts"), length: 64 * pageSize },

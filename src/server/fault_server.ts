@@ -335,7 +335,15 @@ export class FaultServer {
     }
   }
 
-  /** The served memory as bytes (no copy). Do not use it after {@link close}. */
+  /**
+   * Where the served region is now: its start address, or where mremap() moved it
+   * (the server follows REMAP events; make new views from this address).
+   */
+  get address(): number {
+    return this.#stats[STAT.base] || this.mapping.start;
+  }
+
+  /** The served memory as bytes (no copy). Do not use it after {@link close} or a move. */
   bytes(): Uint8Array {
     return this.mapping.bytes();
   }
@@ -421,7 +429,7 @@ export class FaultServer {
       while (q < n && this.#pages[q] === PAGE.empty) q++;
       for (let a = p; a < q;) {
         try {
-          a += this.uffd.poison({ start: this.mapping.start + a * ps, len: (q - a) * ps }) / ps;
+          a += this.uffd.poison({ start: this.address + a * ps, len: (q - a) * ps }) / ps;
         } catch (e) {
           // EEXIST: a page was populated meanwhile (e.g. the caller wrote it after a wake); skip it.
           if (!(e instanceof UffdError) || (e.code !== "EEXIST" && e.code !== "EAGAIN")) throw e;

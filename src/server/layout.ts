@@ -27,9 +27,10 @@ export const STAT = {
   heapStart: 17,
   heapNow: 18,
   takeovers: 19,
+  base: 20,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 20;
+export const STAT_COUNT = 21;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {

@@ -33,7 +33,7 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
   const ctrl = new Int32Array(init.ctrl);
   const pages = new Uint8Array(init.pages);
   const errorBuf = new Uint8Array(init.error);
-  let base = init.start;
+  let base = stats[STAT.base] || init.start; // a standby resumes where the region is now
 
   const pollfds = new Int32Array([fd, POLLIN, stopFd, POLLIN]);
   const revents = new Uint16Array(pollfds.buffer);
@@ -376,6 +376,7 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
       if (code === UFFD_EVENT.REMOVE) stats[STAT.removed] += Math.max(0, e - s);
     } else if (code === UFFD_EVENT.REMAP && x === base) {
       base = y; // the region moved; serve it at its new address
+      stats[STAT.base] = base;
     }
     return -1;
   }

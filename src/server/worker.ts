@@ -79,9 +79,10 @@ async function takeOver(): Promise<void> {
   stats[STAT.takeovers]++;
   const fill = await loadSource();
   // Faults the dead thread read but never resolved: wake them so they fault again.
+  const start = stats[STAT.base] || init.start;
   const range = new Uint32Array(4);
-  range[0] = init.start % 4294967296;
-  range[1] = Math.floor(init.start / 4294967296);
+  range[0] = start % 4294967296;
+  range[1] = Math.floor(start / 4294967296);
   range[2] = init.len % 4294967296;
   range[3] = Math.floor(init.len / 4294967296);
   libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
