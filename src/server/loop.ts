@@ -44,9 +44,6 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
   const cpw = new Uint32Array(10);
   const cpb = new Uint8Array(cpw.buffer);
   const cps = new Int32Array(cpw.buffer);
-  const mvw = new Uint32Array(10);
-  const mvb = new Uint8Array(mvw.buffer);
-  const mvs = new Int32Array(mvw.buffer);
   const zw = new Uint32Array(8); // uffdio_zeropage / uffdio_continue / uffdio_poison share the layout
   const zb = new Uint8Array(zw.buffer);
   const zs = new Int32Array(zw.buffer);
@@ -111,7 +108,8 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
     return v !== 0 ? v : -libc.errno();
   }
 
-  function copyFrom(addr: number, from: number, n: number): number {
+  /** UFFDIO_COPY or UFFDIO_MOVE (same struct layout) of `n` bytes from `from` to `addr`. */
+  function placeFrom(req: number, addr: number, from: number, n: number): number {
     put(cpw, 0, addr);
     put(cpw, 2, from);
     put(cpw, 4, n);
@@ -119,18 +117,15 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
     cpw[7] = 0;
     cpw[8] = 0;
     cpw[9] = 0;
-    return result(libc.ioctl(fd, ioctl.UFFDIO_COPY, cpb), cps, cpw, 8);
+    return result(libc.ioctl(fd, req, cpb), cps, cpw, 8);
+  }
+
+  function copyFrom(addr: number, from: number, n: number): number {
+    return placeFrom(ioctl.UFFDIO_COPY, addr, from, n);
   }
 
   function moveFrom(addr: number, from: number, n: number): number {
-    put(mvw, 0, addr);
-    put(mvw, 2, from);
-    put(mvw, 4, n);
-    mvw[6] = 0;
-    mvw[7] = 0;
-    mvw[8] = 0;
-    mvw[9] = 0;
-    return result(libc.ioctl(fd, ioctl.UFFDIO_MOVE, mvb), mvs, mvw, 8);
+    return placeFrom(ioctl.UFFDIO_MOVE, addr, from, n);
   }
 
   function rangeOp(req: number, addr: number, n: number): number {
