@@ -29,14 +29,18 @@ const symbols = {
   memcpy: { parameters: ["usize", "usize", "usize"], result: "usize" }, // void *(void *, const void *, size_t)
 } as const satisfies Deno.ForeignLibraryInterface;
 
-// Deno types 64-bit parameters as bigint but accepts numbers at run time; passing
-// numbers keeps BigInt off every path.
+// Deno types 64-bit parameters as bigint and accepts numbers at run time, but a number
+// deoptimizes the calling function ("not a BigInt"). Cold calls pass numbers; the hot
+// calls (read, poll) pass cached BigInt constants, so they allocate nothing per call.
 const n = (x: number): bigint => x as unknown as bigint;
+const NFDS: readonly bigint[] = [0n, 1n, 2n, 3n, 4n];
 
 /** Opens libc with `Deno.dlopen` and adapts it to {@link Libc}. */
 export function loadDenoLibc(): Libc {
   const { symbols: c } = Deno.dlopen("libc.so.6", symbols);
   const errnoView = new Deno.UnsafePointerView(c.__errno_location()!);
+  let readLen = -1;
+  let readLenBig = 0n;
   return {
     runtime: "deno",
     errno: () => errnoView.getInt32(),
@@ -44,10 +48,16 @@ export function loadDenoLibc(): Libc {
       Number(c.syscall(n(nr), n(a), n(b), n(cc), n(d), n(e), n(f))),
     ioctl: (fd, request, arg) => c.ioctl(fd, request, arg),
     open: (path, flags, mode) => c.open(path, flags, mode),
-    read: (fd, buf, count) => c.read(fd, buf, n(count)),
+    read: (fd, buf, count) => {
+      if (count !== readLen) {
+        readLen = count;
+        readLenBig = BigInt(count);
+      }
+      return c.read(fd, buf, readLenBig);
+    },
     write: (fd, buf, count) => c.write(fd, buf, n(count)),
     preadAddr: (fd, addr, count, offset) => Number(c.pread(fd, n(addr), n(count), n(offset))),
-    poll: (fds, nfds, timeout) => c.poll(fds, n(nfds), timeout),
+    poll: (fds, nfds, timeout) => c.poll(fds, NFDS[nfds] ?? BigInt(nfds), timeout),
     close: (fd) => c.close(fd),
     sysconf: (name) => Number(c.sysconf(name)),
     mmap: (addr, len, prot, flags, fd, offset) => Number(c.mmap(n(addr), n(len), prot, flags, fd, n(offset))),

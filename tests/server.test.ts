@@ -40,7 +40,7 @@ describe("FaultServer", () => {
   it("serves 10,000 random pages with 4 KiB COPY per fault and no readahead", T, async () => {
     const n = 10000;
     const data = pattern(n, pageSize, 7);
-    const server = await FaultServer.start({ source: { kind: "bytes", data } });
+    const server = await FaultServer.start({ source: { kind: "bytes", data }, latencyEvery: 1 });
     try {
       const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
         { order: "random", first: 0, count: n },
@@ -50,6 +50,11 @@ describe("FaultServer", () => {
       server.close();
     }
     assert.equal(server.stats.faults, n, "one fault per page without readahead");
+    const s = server.stats;
+    assert.ok(
+      s.maxLatencyUs > 0 && s.meanLatencyUs > 0 && s.meanLatencyUs <= s.maxLatencyUs,
+      "latency timed",
+    );
     assert.equal(server.stats.pages, n);
   });
 

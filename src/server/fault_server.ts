@@ -60,7 +60,7 @@ export interface FaultServerOptions {
   placement?: Placement;
   /**
    * Readahead: a number of pages per fault (aligned window, default 1), or `"adaptive"`
-   * (grows on sequential faults up to 16 pages, back to 1 on random ones), or bounds.
+   * (doubles on sequential faults up to 64 pages, back to 1 on random ones), or bounds.
    */
   readahead?: number | "adaptive" | { min?: number; max?: number };
   /** Source failures: retries (default 2), then `"poison"` (default: the toucher gets SIGBUS) or `"zero"`. */
@@ -72,6 +72,12 @@ export interface FaultServerOptions {
   busyPollUs?: number;
   /** Messages read per read() (default 32). */
   batch?: number;
+  /**
+   * Time one batch of faults in this many for the latency counters (default 16; 1 times
+   * every batch). A clock read costs 35-85 ns against ~7 us per fault; custom sources are
+   * always timed.
+   */
+  latencyEvery?: number;
   /**
    * Pages the caller drops with madvise (a REMOVE event): `"zero"` serves zeros next time,
    * as Firecracker does and as madvise promises (default); `"source"` serves the source again.
@@ -97,9 +103,12 @@ export interface FaultServerStats {
   eagain: number;
   /** Source or placement errors. */
   errors: number;
-  /** Worst time to resolve one fault, microseconds. */
+  /**
+   * Worst time to resolve one batch of faults (one read()), microseconds, over the timed
+   * batches (see `latencyEvery`): it bounds the worst fault of those batches.
+   */
   maxLatencyUs: number;
-  /** Mean time to resolve one fault, microseconds. */
+  /** Mean time to resolve one fault over the timed batches, microseconds. */
   meanLatencyUs: number;
   /** Non-fault events (REMOVE, UNMAP, REMAP). */
   events: number;
@@ -130,7 +139,7 @@ export interface FaultServerStats {
 /** Life cycle of a {@link FaultServer}'s Worker. */
 export type FaultServerState = "starting" | "running" | "stopped" | "failed";
 
-const MAX_ADAPTIVE = 16;
+const MAX_ADAPTIVE = 64;
 
 /**
  * Serves page faults of a region from a {@link PageSource} in a Worker.
@@ -183,6 +192,13 @@ export class FaultServer {
       throw invalid("FaultServer", `readahead must be whole pages >= 1 (got ${JSON.stringify(ra)})`);
     }
     const batch = options.batch ?? 32;
+    const latencyEvery = options.latencyEvery ?? 16;
+    if (!Number.isInteger(latencyEvery) || latencyEvery < 1) {
+      throw invalid("FaultServer", `latencyEvery must be a whole number >= 1 (got ${latencyEvery})`);
+    }
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw invalid("FaultServer", `batch must be >= 1 (got ${batch})`);
+    }
     const busyPollUs = options.busyPollUs ?? 0;
     if (!(busyPollUs >= 0)) throw invalid("FaultServer", "busyPollUs must be >= 0");
     const onError: ErrorPolicy = {
@@ -249,6 +265,7 @@ export class FaultServer {
         onError,
         busyPollUs,
         batch,
+        latencyEvery,
         onRemove: options.onRemove ?? "zero",
         staging: staging.start,
         stagingLen: staging.length,
@@ -359,7 +376,7 @@ export class FaultServer {
       eagain: s[STAT.eagain],
       errors: s[STAT.errors],
       maxLatencyUs: s[STAT.maxLatencyUs],
-      meanLatencyUs: s[STAT.faults] > 0 ? s[STAT.totalLatencyUs] / s[STAT.faults] : 0,
+      meanLatencyUs: s[STAT.sampledFaults] > 0 ? s[STAT.totalLatencyUs] / s[STAT.sampledFaults] : 0,
       events: s[STAT.events],
       wakes: s[STAT.wakes],
       window: s[STAT.window],

@@ -28,9 +28,10 @@ export const STAT = {
   heapNow: 18,
   takeovers: 19,
   base: 20,
+  sampledFaults: 21,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 21;
+export const STAT_COUNT = 22;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {
@@ -108,6 +109,8 @@ export interface ServerInit {
   busyPollUs: number;
   /** Messages read per read(). */
   batch: number;
+  /** Time one batch in this many (1 = every batch). */
+  latencyEvery: number;
   /** Pages dropped by madvise: serve zeros (Firecracker) or the source again. */
   onRemove: "zero" | "source";
   /** Address of a page-aligned staging area of `maxWindow` pages (copy/move from module sources). */

@@ -1,0 +1,381 @@
+/**
+ * The fault-server benchmark: the C handler (bench/native/handler.c) against the same
+ * scenarios with this library under Deno and Bun, interleaved (C, deno, bun, C, ...),
+ * pinned to one CPU and unpinned.
+ *
+ *   deno run -A bench/run.ts [--quick] [--scenarios a,b] [--rounds N] [--pages N] [--warmup N]
+ *                            [--no-unpinned] [--no-pinned] [--no-heap | --heap] [--heap-faults N]
+ *
+ * Prints a table per pinning and, as the LAST line, one JSON object with every result.
+ * @module
+ */
+import { execFileSync, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import process from "node:process";
+import { SCENARIOS } from "./common.ts";
+
+const root = fileURLToPath(new URL("..", import.meta.url));
+const HANDLER = "bench/native/build/handler";
+const IMPLS = ["c", "deno", "bun"] as const;
+type Impl = typeof IMPLS[number];
+/** Scenarios that compare the library with C (the rest are references). */
+const SAME_DESIGN = SCENARIOS.filter((s) => s !== "zero-fill" && s !== "memcpy-4k");
+
+interface Options {
+  quick: boolean;
+  scenarios: string[];
+  rounds: number;
+  pages: number;
+  pinnings: boolean[];
+  warmup: number;
+  heap: boolean;
+  heapFaults: number;
+}
+
+function parseArgs(argv: string[]): Options {
+  const quick = argv.includes("--quick");
+  const value = (name: string): string | undefined => {
+    const i = argv.indexOf(name);
+    return i >= 0 ? argv[i + 1] : argv.find((a) => a.startsWith(name + "="))?.slice(name.length + 1);
+  };
+  const scenarios = value("--scenarios")?.split(",").map((s) => s.trim()).filter(Boolean) ?? [...SCENARIOS];
+  for (const s of scenarios) {
+    if (!(SCENARIOS as readonly string[]).includes(s)) {
+      throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(", ")}`);
+    }
+  }
+  const pinnings = [
+    ...(argv.includes("--no-pinned") ? [] : [true]),
+    ...(argv.includes("--no-unpinned") ? [] : [false]),
+  ];
+  return {
+    quick,
+    scenarios,
+    rounds: Number(value("--rounds") ?? (quick ? 2 : 5)),
+    pages: Number(value("--pages") ?? (quick ? 2048 : 65536)),
+    warmup: Number(value("--warmup") ?? value("--pages") ?? (quick ? 2048 : 65536)),
+    pinnings,
+    heap: !argv.includes("--no-heap") && (value("--scenarios") === undefined || argv.includes("--heap")),
+    heapFaults: Number(value("--heap-faults") ?? (quick ? 100_000 : 1_000_000)),
+  };
+}
+
+interface RunResult {
+  scenario: string;
+  impl: string;
+  pages: number;
+  seconds: number;
+  usPerPage: number;
+  faults?: number;
+  [k: string]: unknown;
+}
+
+function command(
+  impl: Impl,
+  scenario: string,
+  pages: number,
+  warmup: number,
+  pinned: boolean,
+  extra: string[] = [],
+): string[] {
+  const args = [scenario, String(pages), `--warmup=${warmup}`, ...extra];
+  const cmd = impl === "c"
+    ? [HANDLER, scenario, String(pages), String(warmup)]
+    : impl === "deno"
+    ? ["node_modules/.bin/deno", "run", "-A", "bench/ts_scenarios.ts", ...args]
+    : ["node_modules/.bin/bun", "run", "bench/ts_scenarios.ts", ...args];
+  return pinned ? ["taskset", "-c", "0", ...cmd] : cmd;
+}
+
+function runOnce(cmd: string[], timeoutMs = 180_000): RunResult | { error: string } {
+  const r = spawnSync(cmd[0], cmd.slice(1), { cwd: root, encoding: "utf8", timeout: timeoutMs });
+  const lines = (r.stdout ?? "").trim().split("\n").filter((l) => l.startsWith("{"));
+  if (r.status !== 0 || lines.length === 0) {
+    const why = r.error ? String(r.error) : `exit ${r.status ?? r.signal}`;
+    return {
+      error: `${cmd.join(" ")}: ${why}: ${(r.stderr ?? "").trim().split("\n").slice(-3).join(" | ")}`,
+    };
+  }
+  return JSON.parse(lines[lines.length - 1]) as RunResult;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+interface Row {
+  scenario: string;
+  impl: Impl;
+  pinned: boolean;
+  runs: number[];
+  errors: string[];
+  median: number;
+  min: number;
+  max: number;
+  pagesPerSec: number;
+  faultsPerSec: number;
+  ratioToC: number | null;
+  /** Process CPU per page (getrusage, all threads), per run: not inflated by time stolen by other tenants. */
+  cpuRuns: number[];
+  cpuMedian: number;
+  cpuRatioToC: number | null;
+  faultSec: number[];
+  last?: RunResult;
+}
+
+function machine(): Record<string, string> {
+  const sh = (c: string, a: string[]): string => {
+    try {
+      return execFileSync(c, a, { cwd: root, encoding: "utf8" }).trim();
+    } catch {
+      return "?";
+    }
+  };
+  const cpu = readFileSync("/proc/cpuinfo", "utf8").match(/model name\s*:\s*(.*)/)?.[1] ?? "?";
+  const dirty = sh("git", ["status", "--porcelain", "src", "ffi", "mod.ts"]) !== "";
+  return {
+    nproc: sh("nproc", []),
+    kernel: sh("uname", ["-r"]),
+    cpu,
+    date: new Date().toISOString(),
+    deno: sh("node_modules/.bin/deno", ["--version"]).split("\n")[0],
+    bun: sh("node_modules/.bin/bun", ["--version"]),
+    cc: sh("cc", ["--version"]).split("\n")[0],
+    commit: sh("git", ["rev-parse", "--short", "HEAD"]) + (dirty ? "+dirty(src)" : ""),
+    load: readFileSync("/proc/loadavg", "utf8").trim(),
+  };
+}
+
+function fmt(x: number, digits = 2): string {
+  return Number.isFinite(x) ? x.toFixed(digits) : "-";
+}
+
+function table(rows: Row[], pinned: boolean): string {
+  const head = [
+    "scenario",
+    "impl",
+    "pinned",
+    "median us/page",
+    "min",
+    "max",
+    "pages/s",
+    "faults/s",
+    "TS/C",
+    "cpu us/page",
+    "TS/C cpu",
+  ];
+  const body = rows.filter((r) => r.pinned === pinned).map((r) => [
+    r.scenario,
+    r.impl,
+    pinned ? "yes" : "no",
+    fmt(r.median),
+    fmt(r.min),
+    fmt(r.max),
+    Number.isFinite(r.pagesPerSec) ? String(Math.round(r.pagesPerSec)) : "-",
+    Number.isFinite(r.faultsPerSec) ? String(Math.round(r.faultsPerSec)) : "-",
+    r.ratioToC === null ? "" : fmt(r.ratioToC),
+    fmt(r.cpuMedian),
+    r.cpuRatioToC === null ? "" : fmt(r.cpuRatioToC),
+  ]);
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]): string =>
+    "| " + cells.map((c, i) => (i < 3 ? c.padEnd(w[i]) : c.padStart(w[i]))).join(" | ") + " |";
+  return [
+    line(head),
+    "|" + w.map((n, i) => (i < 3 ? "-".repeat(n + 1) + "-" : "-".repeat(n + 1) + ":")).join("|") + "|",
+  ]
+    .concat(body.map(line)).join("\n");
+}
+
+function main(): void {
+  const opt = parseArgs(process.argv.slice(2));
+  const started = performance.now();
+  const env = machine();
+  console.error(`building ${HANDLER}`);
+  execFileSync("mkdir", ["-p", "bench/native/build"], { cwd: root });
+  execFileSync("cc", ["-O2", "-pthread", "-o", HANDLER, "bench/native/handler.c"], {
+    cwd: root,
+    stdio: "inherit",
+  });
+
+  const rows: Row[] = [];
+  const get = (scenario: string, impl: Impl, pinned: boolean): Row => {
+    let r = rows.find((x) => x.scenario === scenario && x.impl === impl && x.pinned === pinned);
+    if (!r) {
+      r = {
+        scenario,
+        impl,
+        pinned,
+        runs: [],
+        errors: [],
+        median: NaN,
+        min: NaN,
+        max: NaN,
+        pagesPerSec: NaN,
+        faultsPerSec: NaN,
+        ratioToC: null,
+        cpuRuns: [],
+        cpuMedian: NaN,
+        cpuRatioToC: null,
+        faultSec: [],
+      };
+      rows.push(r);
+    }
+    return r;
+  };
+
+  const total = opt.scenarios.length * opt.rounds * opt.pinnings.length * IMPLS.length;
+  let done = 0;
+  for (const scenario of opt.scenarios) {
+    for (let round = 0; round < opt.rounds; round++) {
+      for (const pinned of opt.pinnings) {
+        for (const impl of IMPLS) {
+          const res = runOnce(command(impl, scenario, opt.pages, opt.warmup, pinned));
+          const row = get(scenario, impl, pinned);
+          done++;
+          if ("error" in res) {
+            row.errors.push(String(res.error));
+            console.error(
+              `[${done}/${total}] ${scenario} ${impl} ${pinned ? "pinned" : "unpinned"}: FAILED ${res.error}`,
+            );
+            continue;
+          }
+          row.runs.push(res.usPerPage);
+          row.last = res;
+          const faults = typeof res.faults === "number" ? res.faults : res.pages;
+          row.faultSec.push(faults / res.seconds);
+          if (typeof res.cpuUsPerPage === "number") row.cpuRuns.push(res.cpuUsPerPage);
+          console.error(
+            `[${done}/${total}] ${scenario} ${impl} ${pinned ? "pinned" : "unpinned"}: ${
+              res.usPerPage.toFixed(2)
+            } us/page`,
+          );
+        }
+      }
+    }
+  }
+  for (const r of rows) {
+    if (r.runs.length === 0) continue;
+    r.median = median(r.runs);
+    r.min = Math.min(...r.runs);
+    r.max = Math.max(...r.runs);
+    r.pagesPerSec = 1e6 / r.median;
+    r.faultsPerSec = median(r.faultSec);
+    if (r.cpuRuns.length) r.cpuMedian = median(r.cpuRuns);
+  }
+  for (const r of rows) {
+    if (r.impl === "c") continue;
+    const c = rows.find((x) => x.scenario === r.scenario && x.impl === "c" && x.pinned === r.pinned);
+    r.ratioToC = c && Number.isFinite(c.median) && Number.isFinite(r.median) ? c.median / r.median : null;
+    r.cpuRatioToC = c && Number.isFinite(c.cpuMedian) && Number.isFinite(r.cpuMedian)
+      ? c.cpuMedian / r.cpuMedian
+      : null;
+  }
+
+  // Worker heap growth over ~1,000,000 faults, pinned (the fault rate is ~6x higher there).
+  const heap: Record<string, unknown>[] = [];
+  if (opt.heap) {
+    for (const impl of ["deno", "bun"] as const) {
+      console.error(`heap ${impl}: ${opt.heapFaults} faults`);
+      const res = runOnce(command(impl, "heap", opt.pages, 0, true, [`--faults=${opt.heapFaults}`]), 300_000);
+      heap.push({ impl, ...res });
+    }
+  }
+
+  // Targets.
+  const pinnedRatios = (impl: Impl): { scenario: string; ratio: number | null }[] =>
+    SAME_DESIGN.filter((s) => opt.scenarios.includes(s)).map((s) => ({
+      scenario: s,
+      ratio: rows.find((r) => r.scenario === s && r.impl === impl && r.pinned)?.ratioToC ?? null,
+    }));
+  const targets: Record<string, unknown> = {};
+  for (const impl of ["deno", "bun"] as const) {
+    const rs = pinnedRatios(impl);
+    const below = rs.filter((x) => x.ratio === null || x.ratio < 0.95);
+    targets[`sameDesign_${impl}`] = {
+      target: "pinned TS/C throughput >= 0.95 in every same-design scenario",
+      met: rs.length > 0 && below.length === 0,
+      worst: rs.reduce<{ scenario: string; ratio: number | null } | null>(
+        (w, x) => (w === null || (x.ratio ?? -1) < (w.ratio ?? -1) ? x : w),
+        null,
+      ),
+      below: below.map((x) => `${x.scenario} ${x.ratio === null ? "n/a" : x.ratio.toFixed(3)}`),
+    };
+  }
+  const zf = rows.find((r) => r.scenario === "zero-fill" && r.impl === "c" && r.pinned);
+  for (const impl of IMPLS) {
+    const ad = rows.find((r) => r.scenario === "seq-adaptive" && r.impl === impl && r.pinned);
+    if (zf && ad) {
+      targets[`adaptive_${impl}`] = {
+        target: "pinned seq-adaptive us/page <= kernel zero-fill (C) us/page",
+        met: ad.median <= zf.median,
+        adaptiveUsPerPage: Number(ad.median.toFixed(3)),
+        zeroFillUsPerPage: Number(zf.median.toFixed(3)),
+      };
+    }
+  }
+  for (const h of heap) {
+    const g = (h as { heapGrowth?: number }).heapGrowth;
+    targets[`heap_${h.impl}`] = {
+      target: "Worker JS heap growth < 1 MiB over ~1,000,000 faults",
+      met: typeof g === "number" && g < 1 << 20,
+      growthBytes: g ?? null,
+      faults: (h as { faults?: number }).faults ?? null,
+    };
+  }
+
+  console.log(
+    `uffd fault-server benchmark: ${opt.pages} pages per run, ${opt.rounds} rounds, interleaved C/deno/bun`,
+  );
+  console.log(Object.entries(env).map(([k, v]) => `${k}: ${v}`).join("\n"));
+  for (const pinned of opt.pinnings) {
+    console.log(`\n${pinned ? "Pinned (taskset -c 0: toucher and handler share one CPU)" : "Unpinned"}\n`);
+    console.log(table(rows, pinned));
+  }
+  if (heap.length) {
+    console.log("\nWorker heap over ~1,000,000 faults (pinned):");
+    for (const h of heap) {
+      const x = h as Record<string, number | string>;
+      console.log(
+        "error" in x
+          ? `  ${x.impl}: FAILED ${x.error}`
+          : `  ${x.impl}: ${x.faults} faults, heapStart ${x.heapStart}, heapNow ${x.heapNow}, growth ${x.heapGrowth} bytes`,
+      );
+    }
+  }
+  console.log("\nTargets:");
+  for (const [k, v] of Object.entries(targets)) {
+    const t = v as { met: boolean };
+    console.log(`  ${t.met ? "MET   " : "MISSED"} ${k}: ${JSON.stringify({ ...t, met: undefined })}`);
+  }
+  const errors = rows.flatMap((r) => r.errors);
+  if (errors.length) {
+    console.log(`\n${errors.length} failed runs:`);
+    for (const e of errors.slice(0, 20)) console.log("  " + e);
+  }
+  console.log(`\nwall time ${((performance.now() - started) / 1000).toFixed(0)} s`);
+  console.log(JSON.stringify({
+    machine: env,
+    options: opt,
+    results: rows.map(({ last: _last, ...r }) => ({
+      ...r,
+      median: Number(fmt(r.median, 4)),
+      min: Number(fmt(r.min, 4)),
+      max: Number(fmt(r.max, 4)),
+      pagesPerSec: Math.round(r.pagesPerSec),
+      faultsPerSec: Math.round(r.faultsPerSec),
+      ratioToC: r.ratioToC === null ? null : Number(r.ratioToC.toFixed(4)),
+      cpuMedian: Number(fmt(r.cpuMedian, 4)),
+      cpuRatioToC: r.cpuRatioToC === null ? null : Number(r.cpuRatioToC.toFixed(4)),
+      faultSec: undefined,
+    })),
+    heap,
+    targets,
+  }));
+  if (errors.length) process.exitCode = 1;
+}
+
+main();

@@ -1,0 +1,477 @@
+/**
+ * The benchmark scenarios with this library, under whichever runtime runs the file:
+ *
+ *   deno run -A bench/ts_scenarios.ts <scenario> [pages]
+ *   bun run bench/ts_scenarios.ts <scenario> [pages]
+ *
+ * Prints one JSON line {scenario, impl, pages, seconds, usPerPage, ...}; exits 3 when
+ * the served memory does not hold the expected bytes. Uses only the library, ffi/mod.ts
+ * (for views of addresses in Workers) and node: modules; never Deno.* or bun:ffi.
+ * Scenario `heap` (not in the C set) drives ~1,000,000 faults through one FaultServer
+ * and reports the Worker's JS heap growth.
+ * @module
+ */
+import process from "node:process";
+import { FaultServer, type FaultServerOptions, type FaultServerStats, Mapping, Userfaultfd } from "../mod.ts";
+import { libc } from "../ffi/mod.ts";
+import {
+  checksum,
+  cpuPerPage,
+  fillPattern,
+  permutation,
+  PS,
+  SCENARIOS,
+  type ThreadTime,
+  threadTimes,
+  words,
+} from "./common.ts";
+import { DONE, GO, READY, type TouchInit, type WpInit } from "./ts_workers.ts";
+
+const CLOSE_TIMEOUT_MS = 100;
+
+function fail(message: string): never {
+  console.error(`ts_scenarios: ${message}`);
+  process.exit(3);
+}
+
+/** Blocks this thread until ctrl[i] reaches `want`. */
+function waitFor(ctrl: Int32Array, i: number, want: number, timeoutMs = 120_000): void {
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    const v = Atomics.load(ctrl, i);
+    if (v >= want) return;
+    if (performance.now() > deadline) fail(`timed out waiting for ctrl[${i}] = ${want} (at ${v})`);
+    Atomics.wait(ctrl, i, v, 100);
+  }
+}
+
+function verify(name: string, mem: Uint8Array, expect: Uint8Array): void {
+  const got = checksum(words(mem));
+  const want = checksum(words(expect));
+  if (got !== want) fail(`${name}: CHECKSUM MISMATCH: got ${got.toString(16)} want ${want.toString(16)}`);
+}
+
+function report(
+  scenario: string,
+  pages: number,
+  seconds: number,
+  extra: Record<string, unknown> = {},
+): void {
+  console.log(JSON.stringify({
+    scenario,
+    impl: libc.runtime,
+    pages,
+    seconds: Number(seconds.toFixed(6)),
+    usPerPage: Number((seconds * 1e6 / pages).toFixed(4)),
+    ...extra,
+  }));
+}
+
+/** Counters of the timed pass (after minus before). */
+function statsOf(s: FaultServerStats, before: FaultServerStats): Record<string, number> {
+  return {
+    faults: s.faults - before.faults,
+    reads: s.reads - before.reads,
+    placed: s.pages - before.pages,
+    eexist: s.eexist - before.eexist,
+    eagain: s.eagain - before.eagain,
+    wakes: s.wakes - before.wakes,
+    meanLatencyUs: Number(s.meanLatencyUs.toFixed(3)),
+  };
+}
+
+function touchRead(mem: Uint8Array, from: number, to: number): number {
+  let acc = 0;
+  for (let p = from; p < to; p++) acc += mem[p * PS];
+  return acc;
+}
+
+/** Closes the server, timing it (a slow close is a finding, not a benchmark failure). */
+function closeTimed(server: FaultServer): number {
+  const t0 = performance.now();
+  server.close();
+  return Number((performance.now() - t0).toFixed(1));
+}
+
+/** Pages touched (then dropped) before the timed pass, so the JIT runs warm code (`--warmup=N`). */
+let warmup = -1;
+function warmupPages(npages: number): number {
+  return warmup >= 0 ? Math.min(warmup, npages) : npages;
+}
+
+/** Timer plus per-thread CPU snapshots around the timed pass. */
+class Timer {
+  #t0 = 0;
+  #t1 = 0;
+  #cpu0: { user: number; system: number } = { user: 0, system: 0 };
+  #cpu: { user: number; system: number } = { user: 0, system: 0 };
+  #before = new Map<number, ThreadTime>();
+  #after = new Map<number, ThreadTime>();
+  start(): void {
+    this.#before = threadTimes();
+    this.#cpu0 = process.cpuUsage();
+    this.#t0 = performance.now();
+  }
+  stop(): void {
+    this.#t1 = performance.now();
+    this.#cpu = process.cpuUsage(this.#cpu0);
+    this.#after = threadTimes();
+  }
+  /** Process CPU (all threads, getrusage) per page: total, user, system, microseconds. */
+  usage(pages: number): { cpuUsPerPage: number; userUsPerPage: number; sysUsPerPage: number } {
+    const r = (x: number): number => Number((x / pages).toFixed(4));
+    return {
+      cpuUsPerPage: r(this.#cpu.user + this.#cpu.system),
+      userUsPerPage: r(this.#cpu.user),
+      sysUsPerPage: r(this.#cpu.system),
+    };
+  }
+  get seconds(): number {
+    return (this.#t1 - this.#t0) / 1000;
+  }
+  cpu(pages: number): ReturnType<typeof cpuPerPage> {
+    return cpuPerPage(this.#before, this.#after, pages);
+  }
+}
+
+async function serverScenario(
+  name: string,
+  npages: number,
+  src: Uint8Array,
+  options: Omit<FaultServerOptions, "closeTimeoutMs" | "onRemove">,
+  run: (server: FaultServer, timer: Timer) => Promise<void> | void,
+  expect: Uint8Array = src,
+): Promise<void> {
+  // onRemove "source": the warm-up pages dropped with MADV_DONTNEED are served from the source again.
+  const server = await FaultServer.start({
+    ...options,
+    onRemove: "source",
+    closeTimeoutMs: CLOSE_TIMEOUT_MS,
+  });
+  const mem = server.bytes();
+  const warm = warmupPages(npages);
+  if (warm > 0) {
+    touchRead(mem, 0, warm);
+    // Drop the warm-up pages plus what the largest readahead window (64) placed beyond them.
+    server.mapping.dontneed(0, Math.min(npages, warm + 64) * PS);
+  }
+  const s0 = server.stats;
+  const timer = new Timer();
+  await run(server, timer);
+  verify(name, mem, expect);
+  const st = server.stats;
+  if (st.pages - s0.pages !== npages) {
+    fail(`${name}: placed ${st.pages - s0.pages} pages, expected ${npages}`);
+  }
+  if (st.errors !== 0) fail(`${name}: ${st.errors} errors: ${server.lastError}`);
+  const closeMs = closeTimed(server);
+  report(name, npages, timer.seconds, {
+    ...statsOf(st, s0),
+    warmup: warm,
+    ...timer.usage(npages),
+    cpu: timer.cpu(npages),
+    closeMs,
+    closeTimedOut: server.state !== "stopped",
+  });
+}
+
+function sequential(npages: number): (server: FaultServer, timer: Timer) => void {
+  return (server, timer) => {
+    const mem = server.bytes();
+    timer.start();
+    touchRead(mem, 0, npages);
+    timer.stop();
+  };
+}
+
+async function threads4(
+  name: string,
+  npages: number,
+  src: Uint8Array,
+  data: SharedArrayBuffer,
+): Promise<void> {
+  await serverScenario(
+    name,
+    npages,
+    src,
+    { source: { kind: "bytes", data }, readahead: 1 },
+    async (server, timer) => {
+      const ctrl = new Int32Array(new SharedArrayBuffer(16));
+      const workers: Worker[] = [];
+      const finished: Promise<unknown>[] = [];
+      const q = npages / 4;
+      for (let i = 0; i < 4; i++) {
+        const w = new Worker(new URL("./ts_workers.ts", import.meta.url), { type: "module" });
+        workers.push(w);
+        finished.push(
+          new Promise((res, rej) => {
+            w.onmessage = (e: MessageEvent<{ error?: string }>) =>
+              e.data.error ? rej(new Error(e.data.error)) : res(e.data);
+            w.onerror = (e: ErrorEvent) => rej(new Error(e.message));
+          }),
+        );
+        const init: TouchInit = {
+          kind: "touch",
+          addr: server.mapping.start,
+          len: server.mapping.length,
+          from: q * i,
+          to: q * (i + 1),
+          ctrl: ctrl.buffer as SharedArrayBuffer,
+        };
+        w.postMessage(init);
+      }
+      // Wait (asynchronously: the Workers need the event loop to start) until all are ready.
+      while (Atomics.load(ctrl, READY) < 4) await new Promise((r) => setTimeout(r, 1));
+      timer.start();
+      Atomics.store(ctrl, GO, 1);
+      Atomics.notify(ctrl, GO);
+      waitFor(ctrl, DONE, 4);
+      timer.stop();
+      await Promise.all(finished);
+      for (const w of workers) w.terminate();
+    },
+  );
+}
+
+async function wpRoundtrip(name: string, npages: number, src: Uint8Array): Promise<void> {
+  const len = npages * PS;
+  const warm = warmupPages(npages);
+  const uffd = Userfaultfd.open({ nonBlocking: true });
+  const region = Mapping.anonymous(len);
+  const mem = region.bytes();
+  mem.set(src); // present pages
+  uffd.register(region, { wp: true });
+  uffd.writeprotect({ start: region.start, len, wp: true });
+  const ctrl = new Int32Array(new SharedArrayBuffer(16));
+  const w = new Worker(new URL("./ts_workers.ts", import.meta.url), { type: "module" });
+  const finished = new Promise((res, rej) => {
+    w.onmessage = (e: MessageEvent<{ error?: string }>) =>
+      e.data.error ? rej(new Error(e.data.error)) : res(e.data);
+    w.onerror = (e: ErrorEvent) => rej(new Error(e.message));
+  });
+  const init: WpInit = {
+    kind: "wp",
+    fd: uffd.fd,
+    start: region.start,
+    len,
+    faults: warm + npages,
+    ctrl: ctrl.buffer as SharedArrayBuffer,
+  };
+  w.postMessage(init);
+  while (Atomics.load(ctrl, READY) < 1) await new Promise((r) => setTimeout(r, 1));
+  // Warm-up: write (and so un-protect) the first pages, then protect them again.
+  for (let p = 0; p < warm; p++) mem[p * PS] = p & 255;
+  if (warm > 0) uffd.writeprotect({ start: region.start, len: warm * PS, wp: true });
+  const timer = new Timer();
+  timer.start();
+  for (let p = 0; p < npages; p++) mem[p * PS] = p & 255;
+  timer.stop();
+  await finished;
+  w.terminate();
+  const expect = src.slice();
+  for (let p = 0; p < npages; p++) expect[p * PS] = p & 255;
+  verify(name, mem, expect);
+  uffd.close();
+  region.close();
+  report(name, npages, timer.seconds, {
+    faults: Atomics.load(ctrl, DONE) - warm,
+    warmup: warm,
+    ...timer.usage(npages),
+    cpu: timer.cpu(npages),
+  });
+}
+
+function zeroFill(name: string, npages: number): void {
+  const nw = warmupPages(npages);
+  if (nw > 0) {
+    const warm = Mapping.anonymous(nw * PS); // warm the loop on other memory
+    const wm = warm.bytes();
+    for (let p = 0; p < nw; p++) wm[p * PS] = p & 255;
+    warm.close();
+  }
+  const m = Mapping.anonymous(npages * PS);
+  const mem = m.bytes();
+  const timer = new Timer();
+  timer.start();
+  for (let p = 0; p < npages; p++) mem[p * PS] = p & 255;
+  timer.stop();
+  for (let p = 0; p < npages; p++) {
+    if (mem[p * PS] !== (p & 255) || mem[p * PS + 1] !== 0) fail(`${name}: wrong content at page ${p}`);
+  }
+  m.close();
+  report(name, npages, timer.seconds, { ...timer.usage(npages), cpu: timer.cpu(npages) });
+}
+
+function memcpy4k(name: string, npages: number, src: Uint8Array): void {
+  const m = Mapping.anonymous(npages * PS);
+  const mem = m.bytes();
+  mem.fill(1); // populate
+  const copy = (): void => {
+    for (let p = 0; p < npages; p++) mem.set(src.subarray(p * PS, (p + 1) * PS), p * PS);
+  };
+  copy(); // warm-up pass
+  mem.fill(1);
+  const timer = new Timer();
+  timer.start();
+  copy();
+  timer.stop();
+  verify(name, mem, src);
+  m.close();
+  report(name, npages, timer.seconds, { ...timer.usage(npages), cpu: timer.cpu(npages) });
+}
+
+/**
+ * ~targetFaults faults through one server: touch every page, drop them all with
+ * MADV_DONTNEED (a REMOVE event; onRemove "source" serves the source again), repeat.
+ */
+async function heap(
+  npages: number,
+  src: Uint8Array,
+  data: SharedArrayBuffer,
+  targetFaults: number,
+): Promise<void> {
+  const server = await FaultServer.start({
+    source: { kind: "bytes", data },
+    readahead: 1,
+    onRemove: "source",
+    closeTimeoutMs: CLOSE_TIMEOUT_MS,
+  });
+  const mem = server.bytes();
+  const passes = Math.ceil(targetFaults / npages);
+  const s0 = server.stats;
+  const timer = new Timer();
+  timer.start();
+  let acc = 0;
+  for (let i = 0; i < passes; i++) {
+    if (i > 0) server.mapping.dontneed();
+    acc += touchRead(mem, 0, npages);
+  }
+  timer.stop();
+  verify("heap", mem, src);
+  const st = server.stats;
+  if (st.faults < passes * npages) {
+    fail(`heap: ${st.faults} faults, expected ${passes * npages} (acc ${acc})`);
+  }
+  const closeMs = closeTimed(server);
+  const after = server.stats; // heapNow is sampled again when the Worker stops
+  report("heap", passes * npages, timer.seconds, {
+    ...statsOf(st, s0),
+    passes,
+    removed: after.removed,
+    heapStart: after.heapStart,
+    heapBeforeClose: st.heapNow,
+    heapNow: after.heapNow,
+    heapGrowth: after.heapNow - after.heapStart,
+    closeMs,
+  });
+}
+
+async function main(): Promise<void> {
+  const args = process.argv.slice(2);
+  const flag = (k: string): number | undefined => {
+    const a = args.find((x) => x.startsWith(`--${k}=`));
+    return a === undefined ? undefined : Number(a.slice(k.length + 3));
+  };
+  const [name, pagesArg] = args.filter((a) => !a.startsWith("--"));
+  warmup = flag("warmup") ?? -1;
+  if (!name || (!(SCENARIOS as readonly string[]).includes(name) && name !== "heap")) {
+    console.error(
+      `usage: ts_scenarios.ts <${SCENARIOS.join("|")}|heap> [pages] [--warmup=pages] [--faults=heap faults]`,
+    );
+    process.exit(1);
+  }
+  const npages = pagesArg ? Number(pagesArg) : 16384;
+  if (!Number.isInteger(npages) || npages < 16 || npages % 16 !== 0) fail("pages must be a multiple of 16");
+  const len = npages * PS;
+  const data = new SharedArrayBuffer(len);
+  const src = new Uint8Array(data);
+  fillPattern(words(src));
+
+  switch (name) {
+    case "seq-copy-4k":
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "bytes", data }, readahead: 1 },
+        sequential(npages),
+      );
+    case "rand-copy-4k": {
+      const order = permutation(npages);
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "bytes", data }, readahead: 1 },
+        (server, timer) => {
+          const mem = server.bytes();
+          let acc = 0;
+          timer.start();
+          for (let i = 0; i < npages; i++) acc += mem[order[i] * PS];
+          timer.stop();
+          if (acc < 0) fail("unreachable");
+        },
+      );
+    }
+    case "seq-copy-64k":
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "bytes", data }, readahead: 16 },
+        sequential(npages),
+      );
+    case "seq-adaptive":
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "bytes", data }, readahead: "adaptive" },
+        sequential(npages),
+      );
+    case "move":
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "bytes", data }, placement: "move", readahead: 1 },
+        sequential(npages),
+      );
+    case "continue": {
+      const shm = Mapping.memfd(len);
+      shm.bytes().set(src); // populate the page cache out of band
+      await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "memfd", mapping: shm } },
+        sequential(npages),
+      );
+      shm.close();
+      return;
+    }
+    case "zeropage":
+      return await serverScenario(
+        name,
+        npages,
+        src,
+        { source: { kind: "zero", length: len } },
+        sequential(npages),
+        new Uint8Array(len),
+      );
+    case "wp-roundtrip":
+      return await wpRoundtrip(name, npages, src);
+    case "threads-4":
+      return await threads4(name, npages, src, data);
+    case "zero-fill":
+      return zeroFill(name, npages);
+    case "memcpy-4k":
+      return memcpy4k(name, npages, src);
+    case "heap":
+      return await heap(npages, src, data, flag("faults") ?? 1_000_000);
+  }
+}
+
+await main();
+// A Worker left blocked in read() keeps the process alive: leave explicitly.
+process.exit(0);

@@ -1,0 +1,88 @@
+/**
+ * Workers of the TS scenarios: a toucher (threads-4) and a write-protect handler
+ * (wp-roundtrip). Only the library, ffi/mod.ts (for a view of an address) and the
+ * shared-memory primitives are used.
+ * @module
+ */
+import { EventBuffer, Mapping, Userfaultfd } from "../mod.ts";
+import { libc } from "../ffi/mod.ts";
+import { PS } from "./common.ts";
+
+/** ctrl words shared with the main thread. */
+export const GO = 0;
+/** Workers done (touchers) or faults handled (wp). */
+export const DONE = 1;
+/** Workers ready. */
+export const READY = 2;
+
+/** Message starting a toucher. */
+export interface TouchInit {
+  kind: "touch";
+  addr: number;
+  len: number;
+  from: number;
+  to: number;
+  ctrl: SharedArrayBuffer;
+}
+
+/** Message starting the write-protect handler. */
+export interface WpInit {
+  kind: "wp";
+  fd: number;
+  start: number;
+  len: number;
+  faults: number;
+  ctrl: SharedArrayBuffer;
+}
+
+const scope = globalThis as unknown as {
+  onmessage: ((e: MessageEvent<TouchInit | WpInit>) => void) | null;
+  postMessage(m: unknown): void;
+};
+
+function touch(m: TouchInit): void {
+  const ctrl = new Int32Array(m.ctrl);
+  const mem = new Uint8Array(libc.view(m.addr, m.len));
+  Atomics.add(ctrl, READY, 1);
+  Atomics.notify(ctrl, READY);
+  Atomics.wait(ctrl, GO, 0);
+  let acc = 0;
+  for (let p = m.from; p < m.to; p++) acc += mem[p * PS];
+  Atomics.add(ctrl, DONE, 1);
+  Atomics.notify(ctrl, DONE);
+  scope.postMessage({ acc });
+}
+
+function wp(m: WpInit): void {
+  const ctrl = new Int32Array(m.ctrl);
+  // The descriptor and the mapping belong to the main thread: wrap and declare them here.
+  const uffd = Userfaultfd.fromFd(m.fd, 0);
+  const region = Mapping.adopt(m.start, m.len);
+  const buf = new EventBuffer(32);
+  Atomics.add(ctrl, READY, 1);
+  Atomics.notify(ctrl, READY);
+  let handled = 0;
+  while (handled < m.faults) {
+    const n = uffd.readEvents(buf, { timeout: -1 });
+    for (let i = 0; i < n; i++) {
+      const ev = buf.event(i);
+      if (ev.type !== "pagefault") continue;
+      uffd.writeprotect({ start: ev.address - (ev.address % PS), len: PS, wp: false });
+      handled++;
+    }
+  }
+  Atomics.store(ctrl, DONE, handled);
+  Atomics.notify(ctrl, DONE);
+  region.close();
+  scope.postMessage({ handled });
+}
+
+scope.onmessage = (e: MessageEvent<TouchInit | WpInit>) => {
+  scope.onmessage = null;
+  try {
+    if (e.data.kind === "touch") touch(e.data);
+    else wp(e.data);
+  } catch (err) {
+    scope.postMessage({ error: err instanceof Error ? err.message : String(err) });
+  }
+};
