@@ -452,6 +452,20 @@ describe("FaultServer", () => {
       () => new FaultServer({ source: { kind: "zero", length: 0 } }),
       (e) => e instanceof UffdError && e.code === "EINVAL",
     );
+    assert.throws(
+      // deno-lint-ignore no-explicit-any
+      () => new FaultServer({ source: { kind: "zero", length: pageSize }, readAhead: 4 } as any),
+      (e) => e instanceof UffdError && e.source === "library" && /unknown option "readAhead"/.test(e.message),
+    );
+    assert.throws(
+      // deno-lint-ignore no-explicit-any
+      () => new FaultServer({ source: { kind: "zero", length: pageSize }, onRemove: "drop" as any }),
+      (e) => e instanceof UffdError && /onRemove/.test(e.message),
+    );
+    assert.throws(
+      () => new FaultServer({ source: { kind: "zero", length: pageSize }, readahead: { min: 8, max: 4 } }),
+      (e) => e instanceof UffdError && /min <= max/.test(e.message),
+    );
   });
 });
 

@@ -175,39 +175,10 @@ export class FaultServer {
   /** Creates the descriptor and mapping and starts the Worker; await {@link ready} (or use {@link start}). */
   constructor(options: FaultServerOptions) {
     const src = options.source;
-    const placement: Placement = options.placement ??
-      (src.kind === "zero" ? "zeropage" : src.kind === "memfd" ? "continue" : "copy");
-    checkCombination(src, placement);
+    const { placement, readahead, maxWindow, batch, latencyEvery, busyPollUs, onError } = resolveOptions(
+      options,
+    );
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
-    const ra = options.readahead ?? 1;
-    const readahead = ra === "adaptive"
-      ? { mode: "adaptive" as const, min: 1, max: MAX_ADAPTIVE }
-      : typeof ra === "number"
-      ? { mode: "fixed" as const, pages: ra }
-      : { mode: "adaptive" as const, min: ra.min ?? 1, max: ra.max ?? MAX_ADAPTIVE };
-    const maxWindow = readahead.mode === "fixed" ? readahead.pages : readahead.max;
-    if (
-      !Number.isInteger(maxWindow) || maxWindow < 1 || (readahead.mode === "adaptive" && readahead.min < 1)
-    ) {
-      throw invalid("FaultServer", `readahead must be whole pages >= 1 (got ${JSON.stringify(ra)})`);
-    }
-    const batch = options.batch ?? 32;
-    const latencyEvery = options.latencyEvery ?? 16;
-    if (!Number.isInteger(latencyEvery) || latencyEvery < 1) {
-      throw invalid("FaultServer", `latencyEvery must be a whole number >= 1 (got ${latencyEvery})`);
-    }
-    if (!Number.isInteger(batch) || batch < 1) {
-      throw invalid("FaultServer", `batch must be >= 1 (got ${batch})`);
-    }
-    const busyPollUs = options.busyPollUs ?? 0;
-    if (!(busyPollUs >= 0)) throw invalid("FaultServer", "busyPollUs must be >= 0");
-    const onError: ErrorPolicy = {
-      retries: options.onError?.retries ?? 2,
-      then: options.onError?.then ?? "poison",
-    };
-    if (onError.then !== "poison" && onError.then !== "zero") {
-      throw invalid("FaultServer", `onError.then must be "poison" or "zero" (got ${onError.then})`);
-    }
 
     const features = ["EVENT_REMOVE", "EVENT_UNMAP", "EVENT_REMAP"] as const;
     const extra = [
@@ -221,7 +192,7 @@ export class FaultServer {
     this.uffd = Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
     let init: ServerInit;
     try {
-      const { source, length } = this.#prepareSource(src, placement);
+      const { source, length } = this.#prepareSource(src);
       if (options.mapping) {
         if (src.kind === "memfd") {
           throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
@@ -322,7 +293,7 @@ export class FaultServer {
     return s;
   }
 
-  #prepareSource(src: PageSource, placement: Placement): { source: SourceInit; length: number } {
+  #prepareSource(src: PageSource): { source: SourceInit; length: number } {
     switch (src.kind) {
       case "bytes": {
         const { data, offset, length } = sharedBytes(src.data);
@@ -341,7 +312,6 @@ export class FaultServer {
         if (src.mapping.kind !== "shmem" || src.mapping.fd < 0) {
           throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping");
         }
-        void placement;
         return { source: { kind: "memfd" }, length: src.mapping.length };
       case "module":
         checkLength(src.length);
@@ -480,6 +450,82 @@ export class FaultServer {
     this.close();
     return Promise.resolve();
   }
+}
+
+const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [
+  "source",
+  "mapping",
+  "onClose",
+  "placement",
+  "readahead",
+  "onError",
+  "busyPollUs",
+  "batch",
+  "latencyEvery",
+  "onRemove",
+  "signal",
+  "closeTimeoutMs",
+];
+
+/** Validates the options (before anything is created) and fills in the defaults. */
+function resolveOptions(options: FaultServerOptions): {
+  placement: Placement;
+  readahead: ServerInit["readahead"];
+  maxWindow: number;
+  batch: number;
+  latencyEvery: number;
+  busyPollUs: number;
+  onError: ErrorPolicy;
+} {
+  const bad = (detail: string): UffdError => invalid("FaultServer", detail);
+  for (const k of Object.keys(options)) {
+    if (!OPTION_KEYS.includes(k as keyof FaultServerOptions)) {
+      throw bad(`unknown option "${k}"; known: ${OPTION_KEYS.join(", ")}`);
+    }
+  }
+  const src = options.source;
+  if (!src || typeof src !== "object") throw bad('source is required, e.g. { kind: "bytes", data }');
+  const placement: Placement = options.placement ??
+    (src.kind === "zero" ? "zeropage" : src.kind === "memfd" ? "continue" : "copy");
+  checkCombination(src, placement);
+  const ra = options.readahead ?? 1;
+  const readahead: ServerInit["readahead"] = ra === "adaptive"
+    ? { mode: "adaptive", min: 1, max: MAX_ADAPTIVE }
+    : typeof ra === "number"
+    ? { mode: "fixed", pages: ra }
+    : { mode: "adaptive", min: ra.min ?? 1, max: ra.max ?? MAX_ADAPTIVE };
+  const maxWindow = readahead.mode === "fixed" ? readahead.pages : readahead.max;
+  const minWindow = readahead.mode === "fixed" ? readahead.pages : readahead.min;
+  if (
+    !Number.isInteger(maxWindow) || !Number.isInteger(minWindow) || minWindow < 1 || minWindow > maxWindow
+  ) {
+    throw bad(`readahead must be whole pages >= 1, min <= max (got ${JSON.stringify(ra)})`);
+  }
+  const batch = options.batch ?? 32;
+  if (!Number.isInteger(batch) || batch < 1) throw bad(`batch must be a whole number >= 1 (got ${batch})`);
+  const latencyEvery = options.latencyEvery ?? 16;
+  if (!Number.isInteger(latencyEvery) || latencyEvery < 1) {
+    throw bad(`latencyEvery must be a whole number >= 1 (got ${latencyEvery})`);
+  }
+  const busyPollUs = options.busyPollUs ?? 0;
+  if (!(busyPollUs >= 0)) throw bad(`busyPollUs must be >= 0 (got ${busyPollUs})`);
+  const onError: ErrorPolicy = {
+    retries: options.onError?.retries ?? 2,
+    then: options.onError?.then ?? "poison",
+  };
+  if (onError.then !== "poison" && onError.then !== "zero") {
+    throw bad(`onError.then must be "poison" or "zero" (got ${onError.then})`);
+  }
+  if (!Number.isInteger(onError.retries) || onError.retries < 0) {
+    throw bad(`onError.retries must be a whole number >= 0 (got ${onError.retries})`);
+  }
+  if (options.onRemove !== undefined && options.onRemove !== "zero" && options.onRemove !== "source") {
+    throw bad(`onRemove must be "zero" or "source" (got ${options.onRemove})`);
+  }
+  if (options.onClose !== undefined && options.onClose !== "poison" && options.onClose !== "zero") {
+    throw bad(`onClose must be "poison" or "zero" (got ${options.onClose})`);
+  }
+  return { placement, readahead, maxWindow, batch, latencyEvery, busyPollUs, onError };
 }
 
 function roundUp(n: number): number {

@@ -1,6 +1,6 @@
 /**
  * The fault-serving loop, run inside the server's Worker. The hot path (poll, read,
- * COPY from the source's own address) allocates nothing and uses no BigInt: ioctl
+ * COPY from the source's own address) allocates nothing and does no BigInt arithmetic: ioctl
  * structs and the message buffer are preallocated typed arrays, u64 fields are
  * packed as two u32 halves.
  * @module
