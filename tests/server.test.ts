@@ -438,6 +438,15 @@ describe("FaultServer", () => {
     },
   );
 
+  it("start() rejects at once when the source module cannot be loaded", T, async () => {
+    const t0 = Date.now();
+    await assert.rejects(
+      FaultServer.start({ source: { kind: "module", url: source("no_such_source.ts"), length: pageSize } }),
+      (e) => e instanceof UffdError && /primary thread failed/.test(e.message),
+    );
+    assert.ok(Date.now() - t0 < 4000, `rejected after ${Date.now() - t0} ms, not after close()'s timeout`);
+  });
+
   it("rejects bad options before creating anything", () => {
     const data = new SharedArrayBuffer(pageSize);
     assert.throws(

@@ -104,5 +104,10 @@ try {
     if (awaitPrimaryExit()) await takeOver();
   }
 } catch (err) {
+  if (role === "primary" || Atomics.load(ctrl, CTRL.state) === STATE.running) {
+    // Serving has ended: let close() see it at once instead of waiting out its timeout.
+    Atomics.store(ctrl, CTRL.state, STATE.failed);
+    Atomics.notify(ctrl, CTRL.state);
+  }
   post({ type: "error", message: err instanceof Error ? err.message : String(err) });
 }
