@@ -58,6 +58,26 @@ describe("FaultServer", () => {
     assert.equal(server.stats.pages, n);
   });
 
+  it("busy-polls before blocking when asked (busyPollUs) and still serves every page", T, async () => {
+    const n = 2000;
+    const data = pattern(n, pageSize, 9);
+    const server = await FaultServer.start({ source: { kind: "bytes", data }, busyPollUs: 200 });
+    try {
+      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
+        { order: "seq", first: 0, count: n },
+      ]);
+      assert.equal(r.bad, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.pages, n);
+    if (navigator.hardwareConcurrency >= 2) {
+      assert.ok(server.stats.spinHits > 0, "faults that came within the window were found by spinning");
+    } else {
+      console.log("skip spinHits check: one CPU, so the faulter cannot run while the server spins");
+    }
+  });
+
   it("keeps fixed readahead windows inside the range at both ends", T, async () => {
     const n = 1000; // 62.5 windows of 16: the last window is cut at the end
     const data = pattern(n, pageSize, 3);
