@@ -1,7 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { FaultServer, Mapping, pageSize, UffdError } from "../mod.ts";
-import { pattern, runFaulters } from "./helpers/faulters.ts";
+import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
 
 const T = { timeout: 90000 };
@@ -41,14 +41,7 @@ describe("FaultServer", () => {
     const n = 10000;
     const data = pattern(n, pageSize, 7);
     const server = await FaultServer.start({ source: { kind: "bytes", data }, latencyEvery: 1 });
-    try {
-      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
-        { order: "random", first: 0, count: n },
-      ]);
-      assert.equal(r.bad, 0);
-    } finally {
-      server.close();
-    }
+    await faultAll(server, data, [{ order: "random", first: 0, count: n }]);
     assert.equal(server.stats.faults, n, "one fault per page without readahead");
     const s = server.stats;
     assert.ok(
@@ -62,14 +55,7 @@ describe("FaultServer", () => {
     const n = 2000;
     const data = pattern(n, pageSize, 9);
     const server = await FaultServer.start({ source: { kind: "bytes", data }, busyPollUs: 200 });
-    try {
-      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
-        { order: "seq", first: 0, count: n },
-      ]);
-      assert.equal(r.bad, 0);
-    } finally {
-      server.close();
-    }
+    await faultAll(server, data, [{ order: "seq", first: 0, count: n }]);
     assert.equal(server.stats.pages, n);
     if (navigator.hardwareConcurrency >= 2) {
       assert.ok(server.stats.spinHits > 0, "faults that came within the window were found by spinning");
@@ -122,14 +108,7 @@ describe("FaultServer", () => {
       placement: "move",
       readahead: 4,
     });
-    try {
-      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
-        { order: "random", first: 0, count: n },
-      ]);
-      assert.equal(r.bad, 0);
-    } finally {
-      server.close();
-    }
+    await faultAll(server, data, [{ order: "random", first: 0, count: n }]);
     assert.equal(server.stats.pages, n);
     assert.equal(server.stats.errors, 0);
   });
@@ -140,14 +119,7 @@ describe("FaultServer", () => {
     const data = pattern(n, pageSize, 13);
     memfd.bytes().set(new Uint8Array(data));
     const server = await FaultServer.start({ source: { kind: "memfd", mapping: memfd } });
-    try {
-      const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, data, [
-        { order: "random", first: 0, count: n },
-      ]);
-      assert.equal(r.bad, 0);
-    } finally {
-      server.close();
-    }
+    await faultAll(server, data, [{ order: "random", first: 0, count: n }]);
     assert.equal(server.stats.pages, n);
     assert.equal(server.stats.errors, 0);
   });

@@ -1,4 +1,6 @@
 // Runs page-verifying faulter Workers against a served region.
+import assert from "node:assert/strict";
+import type { FaultServer } from "../../mod.ts";
 
 /** One faulter's job. */
 export interface FaultJob {
@@ -37,6 +39,29 @@ export async function runFaulters(
   } finally {
     clearTimeout(timer);
     for (const w of workers) w.terminate();
+  }
+}
+
+/**
+ * Runs one faulter Worker per job over the whole served region, asserts that every page
+ * matched `expected`, and always closes the server (stats are final after close()).
+ */
+export async function faultAll(
+  server: FaultServer,
+  expected: SharedArrayBuffer,
+  jobs: FaultJob[],
+): Promise<void> {
+  try {
+    const results = await runFaulters(
+      server.mapping.start,
+      server.mapping.length,
+      server.mapping.pageSize,
+      expected,
+      jobs,
+    );
+    results.forEach((r, i) => assert.equal(r.bad, 0, `faulter ${i}: every page matches its source page`));
+  } finally {
+    server.close();
   }
 }
 
