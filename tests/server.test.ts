@@ -84,6 +84,35 @@ describe("FaultServer", () => {
     }
   });
 
+  it(
+    "keeps pages that were present before serving (EEXIST inside a window) and serves the rest",
+    T,
+    async () => {
+      const n = 16;
+      const data = pattern(n, pageSize, 23);
+      const src = new Uint8Array(data);
+      using mapping = Mapping.anonymous(n * pageSize);
+      mapping.bytes().fill(0x77, 5 * pageSize, 6 * pageSize); // present before the range is registered
+      const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 16 });
+      try {
+        const mem = mapping.bytes();
+        // Page 8 first: its window [0, 16) stops at page 5 (a partial copy before the faulting page).
+        for (const p of [8, ...Array.from({ length: n }, (_, i) => i)]) {
+          const want = p === 5 ? 0x77 : src[p * pageSize + 1];
+          assert.equal(mem[p * pageSize + 1], want, `page ${p}`);
+        }
+      } finally {
+        server.close();
+      }
+      const s = server.stats;
+      assert.ok(s.eagain >= 1, "the first window stopped part way, at the present page");
+      assert.ok(s.eexist >= 1, "a later window started at the present page");
+      assert.equal(s.pages, n - 1, "every other page placed once");
+      assert.equal(s.errors, 0);
+      assert.equal(s.poisoned, 0, "nothing left to poison at close");
+    },
+  );
+
   it("grows an adaptive window on sequential faults and clamps it at the range end", T, async () => {
     const n = 40;
     const data = pattern(n, pageSize, 5);

@@ -282,16 +282,21 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
       stats[STAT.pages] += done;
       stats[STAT.bytes] += r;
       if (a + done > p) return DONE;
+      // A partial copy stopped before the faulting page (a present page, or the address space
+      // changing): place the faulting page alone now; finishSingle defers it on EAGAIN.
       stats[STAT.eagain]++;
-      return DEFER; // a partial copy stopped before the faulting page
+      return SINGLE;
     }
     if (r === -EAGAIN) {
       stats[STAT.eagain]++;
       return DEFER;
     }
     if (r === -EEXIST) {
+      // Nothing was placed, so the window's first page is present (placed behind our back, e.g.
+      // written before the range was registered): remember it, then place the faulting page alone.
       stats[STAT.eexist]++;
-      return b - a > 1 ? SINGLE : finishSingle(p, r); // part of the window was present
+      pages[a] = PAGE.placed;
+      return a === p ? finishSingle(p, r) : SINGLE;
     }
     if (r === SOURCE_FAILED) {
       fail(p); // the source failed after its retries
