@@ -66,6 +66,8 @@ struct uffdio_continue {
 #define BATCH 32
 #define MAX_ADAPTIVE 64 // pages; the TS default (src/server/fault_server.ts MAX_ADAPTIVE)
 #define MAX_WINDOW 64   // largest window of any scenario (seq-adaptive)
+#define WARM_FAULTS 65536 // warm-up: at least this many faults (bench/ts_scenarios.ts)
+#define WARM_PASSES 32
 
 enum placement { P_COPY, P_MOVE, P_CONTINUE, P_ZERO, P_WP };
 
@@ -534,10 +536,14 @@ int main(int argc, char **argv) {
     if (warm && ioctl(s.uffd, UFFDIO_WRITEPROTECT, &w)) die("UFFDIO_WRITEPROTECT");
     while (__atomic_load_n(&s.placed, __ATOMIC_ACQUIRE) < warm) sched_yield(); // counters settle
   } else {
-    touch_read(s.base, 0, warm);
-    // Drop the warm-up pages plus what the largest readahead window placed beyond them.
-    size_t drop = warm + MAX_WINDOW < npages ? warm + MAX_WINDOW : npages;
-    if (warm && madvise(s.base, drop * PS, MADV_DONTNEED)) die("madvise");
+    // Passes until WARM_FAULTS faults were served, as the TS version does.
+    for (int pass = 0; warm && pass < WARM_PASSES && __atomic_load_n(&s.faults, __ATOMIC_ACQUIRE) < WARM_FAULTS;
+         pass++) {
+      touch_read(s.base, 0, warm);
+      // Drop the warm-up pages plus what the largest readahead window placed beyond them.
+      size_t drop = warm + MAX_WINDOW < npages ? warm + MAX_WINDOW : npages;
+      if (madvise(s.base, drop * PS, MADV_DONTNEED)) die("madvise");
+    }
   }
   uint64_t f0 = s.faults, r0 = s.reads, p0 = s.placed;
 
