@@ -113,6 +113,23 @@ describe("FaultServer", () => {
     },
   );
 
+  it(
+    "close() poisons only the pages that are really missing, keeping one present behind its back",
+    T,
+    async () => {
+      const n = 16;
+      const data = pattern(n, pageSize, 29);
+      using mapping = Mapping.anonymous(n * pageSize);
+      mapping.bytes().fill(0x66, 5 * pageSize, 6 * pageSize); // present, but the server never learns of it
+      const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 16 });
+      assert.equal(mapping.bytes()[1], new Uint8Array(data)[1]); // window [0, 16) stops at page 5
+      server.close();
+      assert.equal(server.stats.pages, 5);
+      assert.equal(server.stats.poisoned, 10, "pages 6-15 poisoned, page 5 kept");
+      assert.equal(mapping.bytes()[5 * pageSize + 7], 0x66, "the present page still reads its own bytes");
+    },
+  );
+
   it("grows an adaptive window on sequential faults and clamps it at the range end", T, async () => {
     const n = 40;
     const data = pattern(n, pageSize, 5);

@@ -407,6 +407,10 @@ export class FaultServer {
   #poisonEmpty(): void {
     const ps = this.mapping.pageSize;
     const n = this.#pages.length;
+    const mark = (a: number, count: number): void => {
+      this.#pages.fill(PAGE.poisoned, a, a + count);
+      this.#stats[STAT.poisoned] += count;
+    };
     for (let p = 0; p < n;) {
       if (this.#pages[p] !== PAGE.empty) {
         p++;
@@ -416,15 +420,18 @@ export class FaultServer {
       while (q < n && this.#pages[q] === PAGE.empty) q++;
       for (let a = p; a < q;) {
         try {
-          a += this.uffd.poison({ start: this.address + a * ps, len: (q - a) * ps }) / ps;
+          const done = this.uffd.poison({ start: this.address + a * ps, len: (q - a) * ps }) / ps;
+          mark(a, done);
+          a += done;
         } catch (e) {
-          // EEXIST: a page was populated meanwhile (e.g. the caller wrote it after a wake); skip it.
+          // EEXIST: the page at a + done is present (populated behind the server's back): keep it.
+          // EAGAIN: the address space is changing and no thread reads events any more: skip it.
           if (!(e instanceof UffdError) || (e.code !== "EEXIST" && e.code !== "EAGAIN")) throw e;
-          a += Math.max(1, e.done / ps);
+          const done = e.done / ps;
+          mark(a, done);
+          a += done + 1;
         }
       }
-      for (let k = p; k < q; k++) this.#pages[k] = PAGE.poisoned;
-      this.#stats[STAT.poisoned] += q - p;
       p = q;
     }
   }
