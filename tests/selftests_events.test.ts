@@ -24,7 +24,7 @@ import {
 } from "./helpers/selftest_common.ts";
 import { SelftestWorker } from "./helpers/selftest_worker_client.ts";
 import type { WorkerReply } from "./helpers/selftest_worker.ts";
-import { ForkFixture, grabFd } from "./helpers/selftest_fork.ts";
+import { attachFixtureUffd, ForkFixture } from "./helpers/selftest_fork.ts";
 
 const MADV_DONTNEED = 4;
 const MADV_REMOVE = 9;
@@ -83,8 +83,11 @@ function monitor(
       case "fork": {
         stats.fork++;
         assert.ok(ev.ufd >= 0, `fork event ufd ${ev.ufd}`);
-        // The child's descriptor shares the parent's flags (O_NONBLOCK) and features.
-        uffd = Userfaultfd.fromFd(ev.ufd, features);
+        // The child's descriptor shares the parent's flags (O_NONBLOCK) and features; the
+        // event carries it as a remote Userfaultfd that this test owns.
+        assert.ok(ev.uffd, "the fork event carries the child's Userfaultfd");
+        assert.deepEqual(ev.uffd.features, features);
+        uffd = ev.uffd;
         opened.push(uffd);
         break;
       }
@@ -218,21 +221,13 @@ async function eventsForkLeg(mt: MemType, wp: boolean): Promise<string | undefin
   const fx = new ForkFixture(fixture.path, ["events", mt, wp ? "1" : "0", String(ps), String(n)]);
   const opened: Userfaultfd[] = [];
   const src = patternSource(n, ps);
-  const adopted: Mapping[] = [];
   try {
-    const kv = await fx.waitFor("ready", 10000);
-    if (mt === "hugetlb" && /^mmap.*Cannot allocate memory/.test(kv.error ?? "")) {
-      return "hugetlb: the fixture could not get its huge pages";
-    }
-    assert.equal(kv.ready, "1", fx.output);
-    const fd = grabFd(Number(kv.pid), Number(kv.uffd));
-    if (typeof fd === "string") return fd;
-    const parent = Userfaultfd.fromFd(fd, features(wp));
+    const attached = await attachFixtureUffd(fx, mt, features(wp));
+    if (typeof attached === "string") return attached;
+    const { kv, parent } = attached;
     opened.push(parent);
     const start = Number(kv.area);
     const remapTo = Number(kv.target);
-    // The child's ranges live in another process: declare them so the library accepts them.
-    adopted.push(Mapping.adopt(start, n * ps, ps), Mapping.adopt(remapTo, n * ps, ps));
     await fx.go(5000);
     const m = monitor({ uffd: parent, start, n, ps, remapTo, src, wp, fork: true }, opened);
     const stats = m.stats;
@@ -255,7 +250,6 @@ async function eventsForkLeg(mt: MemType, wp: boolean): Promise<string | undefin
     for (const u of opened) u.close(); // releases the child, should it still wait on a fault
     fx.kill();
     await fx.wait(5000);
-    for (const a of adopted) a.close(); // adopted: nothing is unmapped
     src.close();
   }
 }

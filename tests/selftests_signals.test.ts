@@ -3,9 +3,9 @@
 // in a child process (tests/children/selftest_*.ts) that must die of it.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type FeatureName, Userfaultfd } from "../mod.ts";
+import type { FeatureName, Userfaultfd } from "../mod.ts";
 import { type ChildResult, runChild } from "./helpers/child.ts";
-import { ForkFixture, grabFd } from "./helpers/selftest_fork.ts";
+import { attachFixtureUffd, ForkFixture } from "./helpers/selftest_fork.ts";
 import {
   buildFixture,
   MEM_TYPES,
@@ -47,19 +47,15 @@ async function sigbusForkLeg(mt: MemType, wp: boolean): Promise<string | undefin
   const fx = new ForkFixture(fixture.path, ["sigbus", mt, wp ? "1" : "0", String(pageSizeOf(mt)), String(n)]);
   const opened: Userfaultfd[] = [];
   try {
-    const kv = await fx.waitFor("ready", 10000);
-    if (mt === "hugetlb" && /^mmap.*Cannot allocate memory/.test(kv.error ?? "")) {
-      return "hugetlb: the fixture could not get its huge pages";
-    }
-    assert.equal(kv.ready, "1", fx.output);
-    const fd = grabFd(Number(kv.pid), Number(kv.uffd));
-    if (typeof fd === "string") return fd;
-    const parent = Userfaultfd.fromFd(fd, features);
+    const attached = await attachFixtureUffd(fx, mt, features);
+    if (typeof attached === "string") return attached;
+    const { parent } = attached;
     opened.push(parent);
     await fx.go(5000);
     const ev = parent.readEvent({ timeout: 3000 });
     assert.ok(ev && ev.type === "fork", `want the fork event, got ${JSON.stringify(ev)}`);
-    const child = Userfaultfd.fromFd(ev.ufd, features);
+    assert.ok(ev.uffd, "the fork event carries the child's Userfaultfd");
+    const child = ev.uffd;
     opened.push(child);
     const end = await fx.wait(10000);
     assert.equal(end.code, 0, fx.output);

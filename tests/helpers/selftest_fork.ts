@@ -1,7 +1,9 @@
 // Runs tests/fixtures/selftest_fork_monitor (a process that forks, which JavaScript cannot)
 // and lends its userfaultfd to the test through pidfd_getfd(2), so the test is the monitor.
 import { type ChildProcess, spawn } from "node:child_process";
+import assert from "node:assert/strict";
 import { libc } from "../../ffi/mod.ts";
+import { type FeatureName, Userfaultfd } from "../../mod.ts";
 import { parseKv, readProcFile } from "./selftest_common.ts";
 
 const SYS_pidfd_open = 434;
@@ -95,6 +97,26 @@ export class ForkFixture {
   kill(): void {
     if (!this.exited) this.#proc.kill("SIGKILL");
   }
+}
+
+/**
+ * Waits for a fork fixture to report ready, then takes its userfaultfd (pidfd_getfd) as a
+ * remote Userfaultfd: its ranges are the fixture's memory, not this process's. Returns the
+ * fixture's key/value report and the descriptor, or the reason to skip.
+ */
+export async function attachFixtureUffd(
+  fx: ForkFixture,
+  mt: string,
+  features: readonly FeatureName[],
+): Promise<{ kv: Record<string, string>; parent: Userfaultfd } | string> {
+  const kv = await fx.waitFor("ready", 10000);
+  if (mt === "hugetlb" && /^mmap.*Cannot allocate memory/.test(kv.error ?? "")) {
+    return "hugetlb: the fixture could not get its huge pages";
+  }
+  assert.equal(kv.ready, "1", fx.output);
+  const fd = grabFd(Number(kv.pid), Number(kv.uffd));
+  if (typeof fd === "string") return fd;
+  return { kv, parent: Userfaultfd.fromFd(fd, features, { remote: true }) };
 }
 
 /** Duplicates descriptor `fd` of process `pid` into this process (pidfd_getfd), or an error. */
