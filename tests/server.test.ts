@@ -371,6 +371,67 @@ describe("FaultServer", () => {
     },
   );
 
+  it(
+    "a source that ends its thread on every attempt for some pages: each takeover gets a new standby, the pages resolve by policy",
+    T,
+    async () => {
+      // Pages 3 and 5 kill the serving thread each time; one retry each (2 threads per page),
+      // then the caller's policy (zeros here, so the faulter can check them in process).
+      const server = await FaultServer.start({
+        source: {
+          kind: "module",
+          url: source("exiting_source.ts"),
+          length: 8 * pageSize,
+          options: { deadly: [3, 5] },
+        },
+        readahead: 1,
+        onError: { retries: 1, then: "zero" },
+      });
+      try {
+        const expected = new SharedArrayBuffer(8 * pageSize);
+        for (let p = 0; p < 8; p++) {
+          if (p !== 3 && p !== 5) new Uint8Array(expected).fill(p + 1, p * pageSize, (p + 1) * pageSize);
+        }
+        const [r] = await runFaulters(server.mapping.start, server.mapping.length, pageSize, expected, [
+          { order: "seq", first: 0, count: 8 },
+        ], 30000);
+        assert.equal(
+          r.bad,
+          0,
+          "pages 3 and 5 read as the zeros the caller chose, every other page its bytes",
+        );
+        assert.equal(server.state, "running");
+      } finally {
+        server.close();
+      }
+      assert.equal(server.state, "stopped"); // the counters are final
+      const s = server.stats;
+      assert.equal(s.takeovers, 4, "two threads ended on each deadly page");
+      assert.equal(s.retries, 2, "one retry per deadly page");
+      assert.equal(s.zeroed, 2);
+      assert.equal(s.pages, 6);
+      assert.equal(s.errors, 2);
+      assert.match(server.lastError ?? "", /ended its thread 2 time\(s\) filling page 5/);
+      await server.exited;
+    },
+  );
+
+  it(
+    "a source that ends its thread while the main thread itself is blocked on the fault: SIGBUS, not a hang",
+    T,
+    () => {
+      const r = runChild(new URL("./children/server_exiting_main.ts", import.meta.url).pathname, [], 30000);
+      assert.match(r.stdout, /page0=1\n/);
+      assert.match(r.stdout, /touching page 3/);
+      assert.doesNotMatch(r.stdout, /page3=|survived/);
+      assert.equal(
+        r.signal,
+        "SIGBUS",
+        `ended by ${r.signal ?? `status ${r.status}`}: ${r.stderr.slice(-300)}`,
+      );
+    },
+  );
+
   it("a process that never calls close() still exits on its own", T, () => {
     const r = runChild(new URL("./children/server_no_close.ts", import.meta.url).pathname, [], 15000);
     assert.match(r.stdout, /sum=96 faults=32/);

@@ -122,7 +122,7 @@ export interface FaultServerStats {
   zeroed: number;
   /** Source retries. */
   retries: number;
-  /** Times the standby thread took over from a primary thread that ended unexpectedly. */
+  /** Times a standby thread took over from a serving thread that ended unexpectedly. */
   takeovers: number;
   /** Batches found while busy-polling. */
   spinHits: number;
@@ -262,22 +262,26 @@ export class FaultServer {
     const failed = (detail: string): void => {
       readyReject(new UffdError("FaultServer", 5, { source: "library", detail }));
     };
-    let alive = 2;
-    for (const role of ["primary", "standby"] as const) {
+    let alive = 0;
+    const spawn = (role: "primary" | "standby"): void => {
       // unref: a server that was never closed must not keep the process alive.
       const w = new Worker(url, { workerData: { role, init } });
+      alive++;
       w.unref();
       w.on("message", (m: { type: string; message?: string }) => {
         w.unref(); // again: Bun refs a thread that starts after an early unref()
         if (m.type === "ready") readyResolve();
         else if (m.type === "error") failed(`${role} thread failed: ${m.message}`);
+        else if (m.type === "takeover" && !this.#closed) spawn("standby"); // a standby for the new serving thread
       });
       w.on("error", (e: Error) => failed(`${role} thread crashed: ${e.message}`));
       w.on("exit", () => {
         if (--alive === 0) exitedResolve();
       });
       this.#threads.push(w);
-    }
+    };
+    spawn("primary");
+    spawn("standby");
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
@@ -442,7 +446,7 @@ export class FaultServer {
     this.#stop.close();
   }
 
-  /** Resolves once both server threads have exited (after {@link close}). */
+  /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */
   get exited(): Promise<void> {
     return this.#exited;
   }

@@ -36,11 +36,18 @@ export const STAT_COUNT = 22;
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {
   state: 0,
+  /** Thread id of the thread serving now (the standby watches it). */
   tid: 1,
   errorLen: 2,
+  /** 1 + the page whose fault a custom source is filling now, 0 when none. */
+  filling: 3,
+  /** Bumped each time a standby starts watching the serving thread. */
+  watching: 4,
+  /** Serving threads that ended while the source filled the `filling` page. */
+  crashes: 5,
 } as const;
 /** Number of control words. */
-export const CTRL_COUNT = 4;
+export const CTRL_COUNT = 6;
 /** Bytes of the UTF-8 last-error message buffer. */
 export const ERROR_BYTES = 512;
 

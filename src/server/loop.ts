@@ -24,8 +24,12 @@ export type FillFunction = (
   dest: Uint8Array,
 ) => void | Uint8Array | Promise<void | Uint8Array>;
 
-/** Serves faults until the stop descriptor fires. Resolves when stopped. */
-export async function serve(init: ServerInit, fill?: FillFunction): Promise<void> {
+/**
+ * Serves faults until the stop descriptor fires. Resolves when stopped. `guarded`: a
+ * standby watches this thread (a thread taking over without one gives a page whose
+ * source ended the previous thread no retry: nothing would survive another such end).
+ */
+export async function serve(init: ServerInit, fill?: FillFunction, guarded = true): Promise<void> {
   const { fd, stopFd, len, placement } = init;
   const ps = init.pageSize;
   const nPages = len / ps;
@@ -236,9 +240,12 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
     if (policy.then === "zero") {
       const r = rangeOp(ioctl.UFFDIO_ZEROPAGE, p, 1);
       if (r > 0 || r === -EEXIST) pages[p] = PAGE.placed;
-      stats[STAT.zeroed]++;
+      if (r > 0) stats[STAT.zeroed]++;
+      else if (r === -EEXIST) wake(p, 1);
+    } else if (rangeOp(ioctl.UFFDIO_POISON, p, 1) === -EEXIST) {
+      pages[p] = PAGE.placed; // placed after all (a thread that ended just after its copy)
+      wake(p, 1);
     } else {
-      rangeOp(ioctl.UFFDIO_POISON, p, 1);
       pages[p] = PAGE.poisoned;
       stats[STAT.poisoned]++;
     }
@@ -340,15 +347,55 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
     return k === DONE;
   }
 
-  /** Resolves a fault on page p from the custom source; false: retry after events. */
+  /**
+   * Resolves a fault on page p from the custom source; false: retry after events. While
+   * the source runs, ctrl[CTRL.filling] names p, so that if the source ends this thread
+   * (process.exit, a fatal error) the thread taking over counts that as a failed attempt
+   * for p (see resolveCrashed).
+   */
   async function resolveCustom(p: number): Promise<boolean> {
     const w = begin(p);
     if (w !== PLACE) return w === HANDLED;
     const a = winA;
     const b = winB;
+    if (Atomics.load(ctrl, CTRL.filling) !== p + 1) {
+      Atomics.store(ctrl, CTRL.crashes, 0);
+      Atomics.store(ctrl, CTRL.filling, p + 1);
+    }
     let k = finish(p, a, b, await placeCustom(a, b - a));
     if (k === SINGLE) k = finishSingle(p, await placeCustom(p, 1));
+    Atomics.store(ctrl, CTRL.filling, 0);
+    Atomics.store(ctrl, CTRL.crashes, 0);
     return k === DONE;
+  }
+
+  /**
+   * Taking over from a thread that ended while its source filled a page: that was a
+   * failed attempt for the page. Within the policy's retries the page stays empty and its
+   * fault (raised again by the takeover's wake) calls the source again; after them it is
+   * resolved by the policy (poison, or zeros when the caller chose them), so a source that
+   * always ends its thread on some page costs `retries + 1` threads, never a hung faulter
+   * (at once when no standby watches this thread: see `guarded`).
+   */
+  function resolveCrashed(): void {
+    const p = Atomics.load(ctrl, CTRL.filling) - 1;
+    if (p < 0) return;
+    const crashes = Atomics.add(ctrl, CTRL.crashes, 1) + 1;
+    if (p >= nPages || pages[p] !== PAGE.empty) {
+      Atomics.store(ctrl, CTRL.filling, 0);
+      return;
+    }
+    if (crashes <= policy.retries && guarded) {
+      stats[STAT.retries]++;
+      return;
+    }
+    Atomics.store(ctrl, CTRL.filling, 0);
+    Atomics.store(ctrl, CTRL.crashes, 0);
+    recordError(
+      `the page source ended its thread ${crashes} time(s) filling page ${p} (offset ${p * ps}); ` +
+        `resolved by onError.then "${policy.then}"`,
+    );
+    fail(p);
   }
 
   // Faults waiting for the custom source (resolved asynchronously after the batch).
@@ -438,6 +485,7 @@ export async function serve(init: ServerInit, fill?: FillFunction): Promise<void
   const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process?.memoryUsage;
   stats[STAT.heapStart] = stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
 
+  resolveCrashed();
   Atomics.store(ctrl, CTRL.state, STATE.running);
   Atomics.notify(ctrl, CTRL.state);
   const spinMs = init.busyPollUs / 1000;

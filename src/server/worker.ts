@@ -4,10 +4,15 @@
  * alive). Each thread opens libc itself (through ffi/).
  *
  * - `primary` loads the custom source module if any and serves faults until stopped.
- * - `standby` waits on a pidfd of the primary's thread (PIDFD_THREAD) and the stop
- *   descriptor. If the primary's thread ends while the server is still running (a
- *   source called `process.exit()`, or the loop died), it wakes the whole region so
- *   faults the dead thread had read are raised again, and serves in its place.
+ * - `standby` waits on a pidfd of the serving thread (PIDFD_THREAD) and the stop
+ *   descriptor. If the serving thread ends while the server is still running (a
+ *   source called `process.exit()`, or the loop died), it becomes the serving thread:
+ *   it asks the main thread for a new standby (waiting up to STANDBY_WAIT_MS for it to
+ *   watch), wakes the whole region so faults the dead thread had read are raised again,
+ *   and serves in its place. The page the dead thread's source was filling counts as a
+ *   failed attempt of the failure policy (no retry when no new standby came: the main
+ *   thread starts it, and cannot while it is itself blocked on a fault). A thread ending
+ *   again while none watches is not recovered: faulters then wait until close().
  * @module
  */
 import { parentPort, workerData } from "node:worker_threads";
@@ -20,6 +25,9 @@ import { POLLIN } from "../eventfd.ts";
 const NR_gettid = 186;
 const NR_pidfd_open = 434;
 const PIDFD_THREAD = 0o200; // O_EXCL
+const ESRCH = 3;
+/** How long a thread taking over waits for its own standby before serving without one. */
+const STANDBY_WAIT_MS = 2000;
 
 interface SourceModule {
   fill?: FillFunction;
@@ -54,14 +62,19 @@ async function loadSource(): Promise<FillFunction | undefined> {
   return f;
 }
 
-/** Blocks until the primary's thread ends (true) or the server is stopped (false). */
+/** Blocks until the serving thread ends (true) or the server is stopped (false). */
 function awaitPrimaryExit(): boolean {
   while (Atomics.load(ctrl, CTRL.tid) === 0) {
     if (Atomics.load(ctrl, CTRL.state) >= STATE.stopped) return false;
     Atomics.wait(ctrl, CTRL.tid, 0, 100);
   }
   const pidfd = libc.syscall(NR_pidfd_open, Atomics.load(ctrl, CTRL.tid), PIDFD_THREAD);
-  if (pidfd < 0) return false; // no PIDFD_THREAD (Linux < 6.9): no standby
+  if (pidfd < 0) {
+    // ESRCH: the serving thread has already ended. Otherwise no PIDFD_THREAD (Linux < 6.9): no standby.
+    return libc.errno() === ESRCH && Atomics.load(ctrl, CTRL.state) === STATE.running;
+  }
+  Atomics.add(ctrl, CTRL.watching, 1);
+  Atomics.notify(ctrl, CTRL.watching);
   const fds = new Int32Array([pidfd, POLLIN, init.stopFd, POLLIN]);
   const revents = new Uint16Array(fds.buffer);
   for (;;) {
@@ -73,10 +86,20 @@ function awaitPrimaryExit(): boolean {
   }
 }
 
-/** Serves in place of a primary thread that ended while the server was running. */
+/** Serves in place of a serving thread that ended while the server was running. */
 async function takeOver(): Promise<void> {
   const stats = new Float64Array(init.stats);
   stats[STAT.takeovers]++;
+  // This thread serves now: a new standby (asked of the main thread) watches it.
+  const watching = Atomics.load(ctrl, CTRL.watching);
+  Atomics.store(ctrl, CTRL.tid, libc.syscall(NR_gettid));
+  post({ type: "takeover" });
+  const until = Date.now() + STANDBY_WAIT_MS;
+  const stop = new Int32Array([init.stopFd, POLLIN]);
+  while (Atomics.load(ctrl, CTRL.watching) === watching && Date.now() < until) {
+    if (libc.poll(stop, 1, 20) > 0) break; // close() was called: serve what is queued and stop
+  }
+  const guarded = Atomics.load(ctrl, CTRL.watching) !== watching;
   const fill = await loadSource();
   // Faults the dead thread read but never resolved: wake them so they fault again.
   const start = stats[STAT.base] || init.start;
@@ -86,8 +109,7 @@ async function takeOver(): Promise<void> {
   range[2] = init.len % 4294967296;
   range[3] = Math.floor(init.len / 4294967296);
   libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
-  post({ type: "takeover" });
-  await serve(init, fill);
+  await serve(init, fill, guarded);
   post({ type: "stopped" });
 }
 

@@ -1,6 +1,7 @@
 // Child: a source failing for page 3 under the default policy (retry, then poison).
 // Page 0 reads fine; touching page 3 must kill this process with SIGBUS.
 import { FaultServer } from "../../mod.ts";
+import { touchPage0Then3 } from "../helpers/child.ts";
 
 const server = await FaultServer.start({
   source: {
@@ -9,9 +10,4 @@ const server = await FaultServer.start({
     length: 8 * 4096,
   },
 });
-const mem = server.bytes();
-console.log(`page0=${mem[0]}`);
-console.log(`touching page 3`);
-console.log(`page3=${mem[3 * 4096]}`);
-console.log("survived");
-server.close();
+touchPage0Then3(server.bytes(), () => server.close());
