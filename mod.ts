@@ -35,6 +35,7 @@ export {
   type UffdEvent,
 } from "./src/events.ts";
 export {
+  alignedSharedBytes,
   type AnonymousOptions,
   freeHugePages,
   hugePageSize,

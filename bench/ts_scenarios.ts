@@ -12,7 +12,14 @@
  * @module
  */
 import process from "node:process";
-import { FaultServer, type FaultServerOptions, type FaultServerStats, Mapping, Userfaultfd } from "../mod.ts";
+import {
+  alignedSharedBytes,
+  FaultServer,
+  type FaultServerOptions,
+  type FaultServerStats,
+  Mapping,
+  Userfaultfd,
+} from "../mod.ts";
 import { libc } from "../ffi/mod.ts";
 import {
   checksum,
@@ -200,7 +207,7 @@ async function threads4(
   name: string,
   npages: number,
   src: Uint8Array,
-  data: SharedArrayBuffer,
+  data: Uint8Array,
 ): Promise<void> {
   await serverScenario(
     name,
@@ -339,7 +346,7 @@ function memcpy4k(name: string, npages: number, src: Uint8Array): void {
 async function heap(
   npages: number,
   src: Uint8Array,
-  data: SharedArrayBuffer,
+  data: Uint8Array,
   targetFaults: number,
 ): Promise<void> {
   const server = await FaultServer.start({
@@ -395,8 +402,9 @@ async function main(): Promise<void> {
   const npages = pagesArg ? Number(pagesArg) : 16384;
   if (!Number.isInteger(npages) || npages < 16 || npages % 16 !== 0) fail("pages must be a multiple of 16");
   const len = npages * PS;
-  const data = new SharedArrayBuffer(len);
-  const src = new Uint8Array(data);
+  // Page-aligned, like the C handler's mmap'd source (Deno's SharedArrayBuffers start 16 bytes in).
+  const src = alignedSharedBytes(len);
+  const data = src; // the source: a view on shared memory
   fillPattern(words(src));
 
   switch (name) {

@@ -1,6 +1,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { FaultServer, Mapping, pageSize, UffdError } from "../mod.ts";
+import { alignedSharedBytes, FaultServer, Mapping, pageSize, UffdError } from "../mod.ts";
+import { libc } from "../ffi/mod.ts";
 import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
 
@@ -545,6 +546,31 @@ describe("FaultServer", () => {
     );
     assert.ok(Date.now() - t0 < 4000, `rejected after ${Date.now() - t0} ms, not after close()'s timeout`);
   });
+
+  it(
+    "alignedSharedBytes gives page-aligned shared memory; a non-shared source is copied to such memory",
+    T,
+    async () => {
+      for (const n of [1, 4096, 3 * pageSize + 5]) {
+        const b = alignedSharedBytes(n);
+        assert.ok(b.buffer instanceof SharedArrayBuffer);
+        assert.equal(b.byteLength, n);
+        assert.equal(libc.addressOf(b) % pageSize, 0, `length ${n}: page-aligned`);
+      }
+      assert.equal(libc.addressOf(alignedSharedBytes(100, 64)) % 64, 0);
+      for (const [len, align] of [[0, pageSize], [1.5, pageSize], [-4, pageSize], [16, 3], [16, 0]]) {
+        assert.throws(
+          () => alignedSharedBytes(len, align),
+          (e) => e instanceof UffdError && e.code === "EINVAL" && e.source === "library",
+          `alignedSharedBytes(${len}, ${align})`,
+        );
+      }
+      // A plain ArrayBuffer source (copied once into aligned shared memory) serves its bytes.
+      const plain = new Uint8Array(new ArrayBuffer(4 * pageSize)).map((_, i) => (i * 7) & 255);
+      await using server = await FaultServer.start({ source: { kind: "bytes", data: plain.buffer } });
+      assert.deepEqual(server.bytes(), plain);
+    },
+  );
 
   it("rejects bad options before creating anything", () => {
     const data = new SharedArrayBuffer(pageSize);
