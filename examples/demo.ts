@@ -5,18 +5,18 @@
  *   deno run --allow-ffi --allow-read examples/demo.ts
  *   bun run examples/demo.ts
  */
-import { FaultServer } from "../mod.ts";
+import { alignedSharedBytes, FaultServer } from "../mod.ts";
 import { lazyRead, printSummary } from "./lazy_file.ts";
 
 const MiB = 2 ** 20;
 const size = 64 * MiB;
 const runtime = "Bun" in globalThis ? "Bun" : "Deno";
 console.log(`uffd demo on ${runtime}: ${size / MiB} MiB of generated data, served on first touch`);
-const data = new SharedArrayBuffer(size);
-const src = new Uint32Array(data);
+const data = alignedSharedBytes(size); // shared memory the kernel copies from, page-aligned
+const src = new Uint32Array(data.buffer, data.byteOffset, size / 4);
 for (let i = 0; i < src.length; i++) src[i] = Math.imul(i, 2654435761) ^ (i >>> 7);
 let expected = 0;
-const bytes = new Uint8Array(data);
+const bytes = data;
 for (let off = 0; off < size; off += 4096) expected = (expected + bytes[off]) >>> 0;
 
 const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });

@@ -147,7 +147,7 @@ const MAX_ADAPTIVE = 64;
  *
  * @example
  * ```ts
- * const data = new SharedArrayBuffer(1 << 20);
+ * const data = alignedSharedBytes(1 << 20);
  * await using server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });
  * const mem = server.bytes(); // fills itself on first touch
  * console.log(mem[12345], server.stats.faults);
