@@ -4,7 +4,7 @@
  * shared-memory primitives are used.
  * @module
  */
-import { EventBuffer, Mapping, Userfaultfd } from "../mod.ts";
+import { EventBuffer, Mapping, UFFD_EVENT, Userfaultfd } from "../mod.ts";
 import { libc } from "../ffi/mod.ts";
 import { PS } from "./common.ts";
 
@@ -80,15 +80,19 @@ function wp(m: WpInit): void {
   const uffd = Userfaultfd.fromFd(m.fd, 0);
   const region = Mapping.adopt(m.start, m.len);
   const buf = new EventBuffer(32);
+  // Reused option objects and the buffer's allocation-free accessors: nothing allocated per fault.
+  const wait = { timeout: -1 };
+  const unprotect = { start: 0, len: PS, wp: false };
   Atomics.add(ctrl, READY, 1);
   Atomics.notify(ctrl, READY);
   let handled = 0;
   while (handled < m.faults) {
-    const n = uffd.readEvents(buf, { timeout: -1 });
+    const n = uffd.readEvents(buf, wait);
     for (let i = 0; i < n; i++) {
-      const ev = buf.event(i);
-      if (ev.type !== "pagefault") continue;
-      uffd.writeprotect({ start: ev.address - (ev.address % PS), len: PS, wp: false });
+      if (buf.code(i) !== UFFD_EVENT.PAGEFAULT) continue;
+      const address = buf.pagefaultAddress(i);
+      unprotect.start = address - (address % PS);
+      uffd.writeprotect(unprotect);
       handled++;
     }
   }

@@ -11,6 +11,8 @@ import {
 import { readMsgField, uffd_msg_arms, UFFD_MSG_SIZE } from "./structs.ts";
 import type { Userfaultfd } from "./userfaultfd.ts";
 
+const TWO32 = 4294967296;
+
 /** Why a page fault was raised. */
 export type PagefaultKind = "missing" | "wp" | "minor";
 
@@ -132,11 +134,39 @@ export class EventBuffer {
   /** Fork events' child descriptors by message index, set by {@link Userfaultfd.readEvents}. */
   readonly forks: (Userfaultfd | undefined)[] = [];
 
+  readonly #words: Uint32Array;
+
   /** A buffer for up to `capacity` messages (default 16). */
   constructor(capacity = 16) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("capacity must be >= 1");
     this.capacity = capacity;
     this.bytes = new Uint8Array(capacity * UFFD_MSG_SIZE);
+    this.#words = new Uint32Array(this.bytes.buffer);
+  }
+
+  // Allocation-free reads of message i for a fault-handling loop (no event object per
+  // fault). Nothing is checked: i must be below `count`, and the pagefault fields mean
+  // something only when `code(i)` is UFFD_EVENT.PAGEFAULT.
+
+  /** `msg.event` of message i: a {@link UFFD_EVENT} code. */
+  code(i: number): number {
+    return this.bytes[i * UFFD_MSG_SIZE];
+  }
+
+  /** `msg.arg.pagefault.address` of message i (page-aligned unless EXACT_ADDRESS). */
+  pagefaultAddress(i: number): number {
+    const w = i * 8 + 4;
+    return this.#words[w + 1] * TWO32 + this.#words[w];
+  }
+
+  /** `msg.arg.pagefault.flags` of message i: UFFD_PAGEFAULT_FLAG_WRITE (1), _WP (2), _MINOR (4). */
+  pagefaultFlags(i: number): number {
+    return this.#words[i * 8 + 2];
+  }
+
+  /** `msg.arg.pagefault.feat.ptid` of message i: the faulting thread (with THREAD_ID), else 0. */
+  pagefaultPtid(i: number): number {
+    return this.#words[i * 8 + 6];
   }
 
   /** Decodes message `i` (0 ≤ i < count). */

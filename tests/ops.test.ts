@@ -15,6 +15,7 @@ import {
   type PagefaultEvent,
   PagemapScanner,
   pageSize,
+  UFFD_EVENT,
   UffdError,
   type UffdEvent,
   Userfaultfd,
@@ -521,6 +522,14 @@ describe("reading events", () => {
         assert.equal(buf.count, 3);
         const addrs = buf.events().map((e) => (e as PagefaultEvent).address).sort((a, b) => a - b);
         assert.deepEqual(addrs, [mem.page(0), mem.page(1), mem.page(2)]);
+        // The allocation-free accessors read the same fields as the decoded events.
+        for (let i = 0; i < 3; i++) {
+          const ev = buf.event(i) as PagefaultEvent;
+          assert.equal(buf.code(i), UFFD_EVENT.PAGEFAULT);
+          assert.equal(buf.pagefaultAddress(i), ev.address);
+          assert.equal(buf.pagefaultFlags(i), ev.flags);
+          assert.equal(buf.pagefaultPtid(i), 0, "no THREAD_ID feature");
+        }
         assert.equal(uffd.readEvents(buf), 0, "non-blocking: nothing left");
         for (const [i, a] of addrs.entries()) uffd.copy({ start: a, len: pageSize, src: pageOf(10 + i) });
         assert.deepEqual((await Promise.all(touches)).map((r) => r.first), [10, 11, 12]);
@@ -601,10 +610,16 @@ describe("reading events", () => {
       const uffd = rig.uffd({ features: ["THREAD_ID"] });
       const mem = rig.map(Mapping.anonymous(pageSize));
       uffd.register(mem);
-      const touched = rig.track(rig.toucher().read(mem.start));
-      const ev = nextFault(uffd);
+      const touched = rig.track(rig.toucher().write(mem.start + 100, 1));
+      const buf = new EventBuffer(4);
+      assert.equal(uffd.readEvents(buf, { timeout: 5000 }), 1);
+      const ev = buf.event(0) as PagefaultEvent;
       const self = libc.syscall(186); // gettid
       assert.ok(ev.threadId > 0);
+      assert.equal(buf.pagefaultPtid(0), ev.threadId);
+      assert.equal(buf.pagefaultFlags(0), ev.flags);
+      assert.equal(buf.pagefaultFlags(0) & 1, 1, "UFFD_PAGEFAULT_FLAG_WRITE: a write fault");
+      assert.equal(buf.pagefaultAddress(0), mem.start, "page-aligned without EXACT_ADDRESS");
       assert.notEqual(ev.threadId, self);
       // the thread belongs to this process
       assert.ok(readTextFile(`/proc/self/task/${ev.threadId}/stat`) !== undefined);
