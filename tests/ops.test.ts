@@ -17,42 +17,15 @@ import {
   pageSize,
   UFFD_EVENT,
   UffdError,
-  type UffdEvent,
   Userfaultfd,
 } from "../mod.ts";
 import { readTextFile } from "../src/memory.ts";
 import { Toucher, within } from "./helpers/toucher.ts";
 import { runChild } from "./helpers/child.ts";
+import { nextEvent, sleep, untilPending, waiters } from "./helpers/uffd_wait.ts";
 import { LibcWorker } from "./children/ops_libc.ts";
 
 const T = { timeout: 20000 };
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-/** `pending:` (faults queued, not yet read) and `total:` (faults still blocked) of a uffd. */
-function waiters(uffd: Userfaultfd): { pending: number; total: number } {
-  const text = readTextFile(`/proc/self/fdinfo/${uffd.fd}`) ?? "";
-  return {
-    pending: Number(text.match(/^pending:\s+(\d+)/m)?.[1] ?? -1),
-    total: Number(text.match(/^total:\s+(\d+)/m)?.[1] ?? -1),
-  };
-}
-
-/** Waits (without blocking the event loop) until `n` faults are queued on `uffd`. */
-async function untilPending(uffd: Userfaultfd, n: number, ms = 10000): Promise<void> {
-  const end = Date.now() + ms;
-  while (waiters(uffd).pending < n) {
-    if (Date.now() > end) throw new Error(`fewer than ${n} faults queued after ${ms} ms`);
-    await sleep(5);
-  }
-}
-
-/** Reads the next event, failing instead of hanging (the uffd must be non-blocking). */
-function nextEvent(uffd: Userfaultfd): UffdEvent {
-  const ev = uffd.readEvent({ timeout: 10000 });
-  if (!ev) throw new Error("no event within 10 s");
-  return ev;
-}
-
 /** poll(2) for POLLIN on a non-blocking uffd without reading. */
 function readable(uffd: Userfaultfd, ms: number): boolean {
   const pfd = new Int32Array([uffd.fd, 1]);
