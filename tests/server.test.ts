@@ -1,6 +1,14 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { alignedSharedBytes, FaultServer, Mapping, pageSize, UffdError } from "../mod.ts";
+import {
+  alignedSharedBytes,
+  FaultServer,
+  freeHugePages,
+  hugePageSize,
+  Mapping,
+  pageSize,
+  UffdError,
+} from "../mod.ts";
 import { libc } from "../ffi/mod.ts";
 import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
@@ -546,6 +554,84 @@ describe("FaultServer", () => {
     );
     assert.ok(Date.now() - t0 < 4000, `rejected after ${Date.now() - t0} ms, not after close()'s timeout`);
   });
+
+  const hugeNeeded = 8;
+  it(
+    "serves hugetlb memory: COPY of whole huge pages, zeros by COPY (hugetlb has no ZEROPAGE), CONTINUE from a hugetlb memfd",
+    {
+      ...T,
+      skip: hugePageSize() > 0 && freeHugePages() >= hugeNeeded
+        ? false
+        : `needs ${hugeNeeded} free huge pages, /proc/meminfo HugePages_Free is ${freeHugePages()} ` +
+          "(reserve some: echo 16 > /proc/sys/vm/nr_hugepages)",
+    },
+    async () => {
+      const hps = hugePageSize();
+      // bytes -> a caller's Mapping.hugetlb(): one fault per huge page, the source's last page
+      // shorter than a huge page (the rest reads as zeros), readahead in huge pages.
+      const data = alignedSharedBytes(2 * hps + 5000);
+      for (let i = 0; i < data.length; i += 4096) data[i] = ((i >> 12) % 251) + 1;
+      {
+        using mapping = Mapping.hugetlb(3 * hps);
+        const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 2 });
+        try {
+          const mem = server.bytes();
+          let bad = 0;
+          for (let i = 0; i < 3 * hps; i += 4096) if (mem[i] !== (i < data.length ? data[i] : 0)) bad++;
+          assert.equal(bad, 0, "every 4 KiB of the three huge pages as in the source, zeros past its end");
+          assert.equal(mapping.pageSize, hps);
+          // MADV_DONTNEED on private hugetlb: a REMOVE event; the page is served as zeros next time
+          mapping.dontneed(0, hps);
+          assert.equal(mem[hps - 4096], 0, "a removed huge page comes back as zeros");
+        } finally {
+          server.close();
+        }
+        const s = server.stats; // final once closed
+        assert.equal(s.errors, 0, server.lastError);
+        assert.equal(s.pages, 3, "three huge pages placed from the source (a removed one is zero-filled)");
+        assert.equal(s.removed, 1);
+        assert.ok(s.faults <= 3, `readahead of 2 huge pages: ${s.faults} faults`);
+      }
+      // zero source on hugetlb: zero pages placed by COPY from an area never written
+      {
+        using mapping = Mapping.hugetlb(2 * hps);
+        const server = await FaultServer.start({ source: { kind: "zero", length: 2 * hps }, mapping });
+        try {
+          const mem = server.bytes();
+          assert.equal(mem[0] + mem[hps + 123], 0);
+          mem[7] = 9; // writable, private
+          assert.equal(mem[7], 9);
+        } finally {
+          server.close();
+        }
+        assert.equal(server.stats.errors, 0, server.lastError);
+        assert.equal(server.stats.pages, 2);
+      }
+      // a hugetlb memfd populated out of band, resolved with UFFDIO_CONTINUE (MINOR_HUGETLBFS)
+      {
+        using shm = Mapping.memfd(2 * hps, { hugetlb: true });
+        shm.bytes().fill(0x3c, 0, hps).fill(0x4d, hps);
+        const server = await FaultServer.start({ source: { kind: "memfd", mapping: shm } });
+        try {
+          const mem = server.bytes();
+          assert.deepEqual([mem[0], mem[hps - 1], mem[hps], mem[2 * hps - 1]], [0x3c, 0x3c, 0x4d, 0x4d]);
+        } finally {
+          server.close();
+        }
+        assert.equal(server.stats.errors, 0, server.lastError);
+        assert.equal(server.stats.pages, 2);
+      }
+      {
+        using mapping = Mapping.hugetlb(hps);
+        assert.throws(
+          () => new FaultServer({ source: { kind: "bytes", data }, mapping, placement: "move" }),
+          (e) =>
+            e instanceof UffdError && e.code === "EINVAL" &&
+            /MOVE works on private anonymous/.test(e.message),
+        );
+      }
+    },
+  );
 
   it(
     "alignedSharedBytes gives page-aligned shared memory; a non-shared source is copied to such memory",

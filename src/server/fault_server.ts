@@ -33,8 +33,9 @@ export type { FillFunction } from "./loop.ts";
  *   page-aligned view ({@link alignedSharedBytes}): Deno's SharedArrayBuffers are not.
  * - `file`: a file mapped read-only; the kernel copies straight from the page cache.
  * - `zero`: zero pages (UFFDIO_ZEROPAGE), `length` bytes.
- * - `memfd`: a memfd {@link Mapping} whose pages are populated out of band (through it or
- *   an alias); the server maps the same pages and resolves minor faults with UFFDIO_CONTINUE.
+ * - `memfd`: a memfd {@link Mapping} (shmem or hugetlb) whose pages are populated out of band
+ *   (through it or an alias); the server maps the same pages and resolves minor faults with
+ *   UFFDIO_CONTINUE.
  * - `module`: a module URL exporting `fill(offset, dest)` (sync or async) that fills `dest`
  *   with the bytes at `offset` or returns a Uint8Array holding them; optional `init(options)`.
  */
@@ -50,9 +51,11 @@ export interface FaultServerOptions {
   /** The page source. */
   source: PageSource;
   /**
-   * Serve this caller-owned anonymous mapping instead of creating one (not for `memfd`).
-   * close() leaves it mapped and poisons the pages never placed, so a later touch raises
-   * SIGBUS instead of silently reading zeros (unless `onClose: "zero"`).
+   * Serve this caller-owned mapping instead of creating one (not for `memfd`): anonymous
+   * private memory, or hugetlb memory (`Mapping.hugetlb()`, `Mapping.memfd({ hugetlb: true })`),
+   * served a whole huge page per page with COPY (zero pages too: hugetlb has no ZEROPAGE;
+   * no `move`). close() leaves it mapped and poisons the pages never placed, so a later touch
+   * raises SIGBUS instead of silently reading zeros (unless `onClose: "zero"`).
    */
   mapping?: Mapping;
   /** For a caller-owned `mapping`: what never-placed pages become at close (default `"poison"`). */
@@ -181,13 +184,25 @@ export class FaultServer {
     );
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
 
+    // hugetlb: a caller's Mapping.hugetlb()/memfd({ hugetlb: true }) mapping, or a hugetlb memfd source.
+    const huge = options.mapping?.kind === "hugetlb" ||
+      (src.kind === "memfd" && src.mapping?.kind === "hugetlb");
+    if (huge && placement === "move") {
+      throw invalid(
+        "FaultServer",
+        'UFFDIO_MOVE works on private anonymous memory only; use placement "copy" on hugetlb',
+      );
+    }
     const features = ["EVENT_REMOVE", "EVENT_UNMAP", "EVENT_REMAP"] as const;
     const extra = [
       ...(onError.then === "poison" || placement === "continue" || options.mapping
         ? ["POISON" as const]
         : []),
       ...(placement === "move" ? ["MOVE" as const] : []),
-      ...(placement === "continue" ? ["MINOR_SHMEM" as const, "MISSING_SHMEM" as const] : []),
+      ...(huge ? ["MISSING_HUGETLBFS" as const] : []),
+      ...(placement === "continue"
+        ? huge ? ["MINOR_HUGETLBFS" as const] : ["MINOR_SHMEM" as const, "MISSING_SHMEM" as const]
+        : []),
     ];
     // O_NONBLOCK: poll(2) on a blocking userfaultfd always reports POLLERR.
     this.uffd = Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
@@ -198,10 +213,11 @@ export class FaultServer {
         if (src.kind === "memfd") {
           throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
         }
-        if (options.mapping.kind !== "anonymous" && options.mapping.kind !== "adopted") {
+        const kind = options.mapping.kind;
+        if (kind !== "anonymous" && kind !== "adopted" && kind !== "hugetlb") {
           throw invalid(
             "FaultServer",
-            `mapping must be anonymous private memory (got ${options.mapping.kind})`,
+            `mapping must be anonymous private memory or hugetlb memory (got ${kind})`,
           );
         }
         if (options.mapping.length < roundUp(length) && src.kind !== "zero") {
@@ -221,6 +237,9 @@ export class FaultServer {
       }
       const staging = Mapping.anonymous(maxWindow * ps);
       this.#owned.push(staging);
+      // hugetlb has no UFFDIO_ZEROPAGE: zero pages are copied from memory never written.
+      const zeroArea = huge ? Mapping.anonymous(maxWindow * ps) : undefined;
+      if (zeroArea) this.#owned.push(zeroArea);
       this.#stats = new Float64Array(new SharedArrayBuffer(STAT_COUNT * 8));
       this.#ctrl = new Int32Array(new SharedArrayBuffer(CTRL_COUNT * 4));
       this.#pages = new Uint8Array(new SharedArrayBuffer(this.mapping.length / ps));
@@ -241,6 +260,7 @@ export class FaultServer {
         onRemove: options.onRemove ?? "zero",
         staging: staging.start,
         stagingLen: staging.length,
+        zeroArea: zeroArea?.start ?? 0,
         stats: this.#stats.buffer as SharedArrayBuffer,
         ctrl: this.#ctrl.buffer as SharedArrayBuffer,
         pages: this.#pages.buffer as SharedArrayBuffer,
@@ -314,8 +334,8 @@ export class FaultServer {
         checkLength(src.length);
         return { source: { kind: "zero" }, length: src.length };
       case "memfd":
-        if (src.mapping.kind !== "shmem" || src.mapping.fd < 0) {
-          throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping");
+        if ((src.mapping.kind !== "shmem" && src.mapping.kind !== "hugetlb") || src.mapping.fd < 0) {
+          throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping (shmem or hugetlb)");
         }
         return { source: { kind: "memfd" }, length: src.mapping.length };
       case "module":

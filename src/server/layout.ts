@@ -124,6 +124,8 @@ export interface ServerInit {
   staging: number;
   /** Staging length in bytes. */
   stagingLen: number;
+  /** Address of `maxWindow` pages never written (read as zeros) to COPY zero pages from on hugetlb, else 0. */
+  zeroArea: number;
   /** Statistics (Float64Array). */
   stats: SharedArrayBuffer;
   /** Control words (Int32Array). */

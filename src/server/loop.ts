@@ -142,6 +142,23 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     return result(libc.ioctl(fd, req, zb), zs[6]);
   }
 
+  /**
+   * Zero pages [a, a+n): UFFDIO_ZEROPAGE, or on hugetlb (which has no ZEROPAGE) a COPY from
+   * an area that is never written, so it reads as zeros.
+   */
+  const zeroArea = init.zeroArea;
+  function zeroFill(a: number, n: number): number {
+    if (zeroArea === 0) return rangeOp(ioctl.UFFDIO_ZEROPAGE, a, n);
+    put(cpw, 0, base + a * ps);
+    put(cpw, 2, zeroArea);
+    put(cpw, 4, n * ps);
+    cpw[6] = 0;
+    cpw[7] = 0;
+    cpw[8] = 0;
+    cpw[9] = 0;
+    return result(libc.ioctl(fd, ioctl.UFFDIO_COPY, cpb), cps[8]);
+  }
+
   function stagingFor(n: number): Uint8Array {
     return stagingViews[n] ??= stagingView!.subarray(0, n * ps);
   }
@@ -150,7 +167,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   function placeSync(a: number, n: number): number {
     switch (placement) {
       case "zeropage":
-        return rangeOp(ioctl.UFFDIO_ZEROPAGE, a, n);
+        return zeroFill(a, n);
       case "continue":
         return rangeOp(ioctl.UFFDIO_CONTINUE, a, n);
       case "copy":
@@ -238,7 +255,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   function fail(p: number): void {
     if (policy.then === "zero") {
-      const r = rangeOp(ioctl.UFFDIO_ZEROPAGE, p, 1);
+      const r = zeroFill(p, 1);
       if (r > 0 || r === -EEXIST) pages[p] = PAGE.placed;
       if (r > 0) stats[STAT.zeroed]++;
       else if (r === -EEXIST) wake(p, 1);
@@ -266,7 +283,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   function begin(p: number): number {
     const state = pages[p];
     if (state === PAGE.removed) {
-      const r = rangeOp(ioctl.UFFDIO_ZEROPAGE, p, 1);
+      const r = zeroFill(p, 1);
       if (r === -EAGAIN) return RETRY;
       pages[p] = PAGE.placed;
       if (r === -EEXIST) wake(p, 1);
