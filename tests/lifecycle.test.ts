@@ -1,6 +1,7 @@
 // A userfaultfd's life beyond single ioctls: what closing the last descriptor does to blocked
 // faulters and to the range, close-on-exec across execve(2), UNMAP events from implicit unmaps
-// (mremap shrinking, mmap MAP_FIXED), a blocking read(2) through the library, and the error
+// (mremap shrinking, mmap MAP_FIXED), a blocking read(2) through the library, readiness through
+// select(2) and epoll(7) (the library itself polls), and the error
 // cases errors.test.ts leaves to other mechanisms (CONTINUE ESRCH, MOVE EINVAL on shmem,
 // UFFDIO_API EPERM for EVENT_FORK). Faults come from Workers or child processes; the test
 // thread only serves them.
@@ -386,4 +387,98 @@ describe("UFFDIO_API EPERM", () => {
       });
     },
   );
+});
+
+// ---- readiness through select(2) and epoll(7) (the library itself uses poll(2)) ----
+
+const NR_select = 23;
+const NR_epoll_wait = 232;
+const NR_epoll_ctl = 233;
+const NR_epoll_create1 = 291;
+const EPOLLIN = 1;
+const EPOLLERR = 8;
+const EPOLL_CTL_ADD = 1;
+
+/** select(2) with a zero timeout on one descriptor: [readable, writable]. */
+function selectNow(fd: number): [boolean, boolean] {
+  const rd = new Uint8Array(128); // fd_set
+  const wr = new Uint8Array(128);
+  rd[fd >> 3] |= 1 << (fd & 7);
+  wr[fd >> 3] |= 1 << (fd & 7);
+  const tv = new BigInt64Array(2); // { tv_sec: 0, tv_usec: 0 }
+  const n = libc.syscall(NR_select, fd + 1, libc.addressOf(rd), libc.addressOf(wr), 0, libc.addressOf(tv));
+  assert.ok(n >= 0, `select: errno ${libc.errno()}`);
+  return [(rd[fd >> 3] & (1 << (fd & 7))) !== 0, (wr[fd >> 3] & (1 << (fd & 7))) !== 0];
+}
+
+/** An epoll instance watching `fd` for EPOLLIN; `wait()` returns the events of one epoll_wait(0). */
+function epollOn(fd: number): { wait(): number; close(): void } {
+  const ep = libc.syscall(NR_epoll_create1, O_CLOEXEC);
+  assert.ok(ep >= 0, `epoll_create1: errno ${libc.errno()}`);
+  const ev = new Uint32Array(3); // struct epoll_event, packed on x86-64: u32 events, u64 data
+  ev[0] = EPOLLIN;
+  ev[1] = fd;
+  assert.equal(
+    libc.syscall(NR_epoll_ctl, ep, EPOLL_CTL_ADD, fd, libc.addressOf(ev)),
+    0,
+    `epoll_ctl: ${libc.errno()}`,
+  );
+  const out = new Uint32Array(3);
+  return {
+    wait: () => {
+      out.fill(0);
+      const n = libc.syscall(NR_epoll_wait, ep, libc.addressOf(out), 1, 0);
+      assert.ok(n >= 0, `epoll_wait: errno ${libc.errno()}`);
+      if (n === 1) assert.equal(out[1], fd, "the event names the userfaultfd");
+      return n === 1 ? out[0] : 0;
+    },
+    close: () => libc.close(ep),
+  };
+}
+
+describe("readiness: select(2) and epoll(7)", () => {
+  it(
+    "a non-blocking userfaultfd is readable in select and EPOLLIN in epoll exactly while a fault is queued",
+    T,
+    async () => {
+      const uffd = Userfaultfd.open({ nonBlocking: true });
+      const mem = Mapping.anonymous(pageSize);
+      const toucher = new Toucher();
+      const ep = epollOn(uffd.fd);
+      const touches: Promise<unknown>[] = [];
+      try {
+        uffd.register(mem);
+        assert.equal(ep.wait(), 0, "epoll: nothing before the fault");
+        assert.deepEqual(selectNow(uffd.fd), [false, false], "select: neither readable nor writable before");
+        const touched = toucher.read(mem.start);
+        touches.push(touched);
+        await untilPending(uffd, 1);
+        assert.equal(ep.wait() & EPOLLIN, EPOLLIN, "epoll: EPOLLIN with a fault queued");
+        assert.deepEqual(selectNow(uffd.fd), [true, false], "select: readable with a fault queued");
+        assert.equal(nextEvent(uffd).type, "pagefault");
+        assert.equal(ep.wait(), 0, "epoll: nothing once the fault was read");
+        assert.deepEqual(selectNow(uffd.fd), [false, false], "select: not readable once it was read");
+        uffd.zeropage(mem);
+        assert.deepEqual(await within(touched, 5000, "the toucher"), { first: 0, sum: 0 });
+      } finally {
+        ep.close();
+        uffd.close();
+        await settle(touches);
+        toucher.close();
+        mem.close();
+      }
+    },
+  );
+
+  it("a blocking userfaultfd: select says readable and writable, epoll says EPOLLERR, with nothing queued (man page)", () => {
+    using uffd = Userfaultfd.open({ nonBlocking: false });
+    const ep = epollOn(uffd.fd);
+    try {
+      assert.deepEqual(selectNow(uffd.fd), [true, true]);
+      assert.equal(ep.wait() & EPOLLERR, EPOLLERR);
+      assert.equal(waiters(uffd).pending, 0, "and nothing is queued");
+    } finally {
+      ep.close();
+    }
+  });
 });
