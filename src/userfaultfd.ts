@@ -550,6 +550,13 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "src", "dontwake", "allowSrcHoles"]);
     this.#need(op, "MOVE");
+    if (this.#remote) {
+      throw invalid(
+        op,
+        "the kernel moves no pages of another process (no cross-mm UFFDIO_MOVE): " +
+          "call move() in the process that owns the memory, or use copy()",
+      );
+    }
     this.#checkRange(op, options.start, options.len, "dst");
     this.#checkRange(op, options.src, options.len, "src");
     const mode = (options.dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0) |

@@ -10,17 +10,17 @@
 // moves the range; the shrink below is in place and raises UNMAP only.
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
-import { Mapping, pageSize, recvFd, UffdError, Userfaultfd } from "../mod.ts";
+import { ERRNO, ioctl, Mapping, pageSize, rawIoctl, recvFd, UffdError, Userfaultfd } from "../mod.ts";
 import { Toucher, within } from "./helpers/toucher.ts";
 import { runChild } from "./helpers/child.ts";
-import { nextEvent, sleep, untilPending, waiters } from "./helpers/uffd_wait.ts";
+import { nextEvent, sleep, until, untilPending, waiters } from "./helpers/uffd_wait.ts";
 import { LifecycleWorker, settle } from "./helpers/lifecycle_calls.ts";
 
 const T = { timeout: 20000 };
@@ -270,42 +270,91 @@ function listenUnix(): { fd: number; path: string } {
   return { fd, path };
 }
 
+/** A running uffd_sender fixture and the descriptor it sent; `close()` releases what is left. */
+interface Sender {
+  fd: number;
+  out: () => string;
+  exited: Promise<number | null>;
+  closeConn(): void;
+  close(): void;
+}
+
+/** Builds and starts uffd_sender in `mode`, accepts its connection and receives its uffd. */
+function startSender(mode: string): Sender {
+  buildSender();
+  const l = listenUnix();
+  let conn = -1;
+  const child = spawn(SENDER, [l.path, mode], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  child.stdout!.on("data", (d) => (out += d));
+  child.stderr!.on("data", (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
+  const closeConn = (): void => {
+    if (conn >= 0) libc.close(conn);
+    conn = -1;
+  };
+  const close = (): void => {
+    closeConn();
+    libc.close(l.fd);
+    if (child.exitCode === null) child.kill("SIGKILL");
+  };
+  try {
+    assert.ok(pollIn(l.fd, 10000), "the fixture did not connect within 10 s");
+    conn = libc.syscall(288, /* accept4 */ l.fd, 0, 0, O_CLOEXEC);
+    assert.ok(conn >= 0, `accept4: errno ${libc.errno()}`);
+    assert.ok(pollIn(conn, 10000), "the fixture sent nothing within 10 s");
+    return { fd: recvFd(conn), out: () => out, exited, closeConn, close };
+  } catch (e) {
+    close();
+    throw e;
+  }
+}
+
 describe("UFFDIO_CONTINUE ESRCH", () => {
   it(
     "CONTINUE on the uffd of a process that has exited: ESRCH (the same check as COPY/ZEROPAGE)",
     { skip: compiler ? false : NO_CC, timeout: 20000 },
     async () => {
-      buildSender();
-      const l = listenUnix();
-      let child: ChildProcess | undefined;
-      let conn = -1;
-      let uffd: Userfaultfd | undefined;
+      const fx = startSender("exit");
+      // its memory was another process's: remote, so the range is checked for alignment only
+      using uffd = Userfaultfd.fromFd(fx.fd, 0, { remote: true });
       try {
-        child = spawn(SENDER, [l.path, "exit"], { stdio: ["ignore", "pipe", "pipe"] });
-        let out = "";
-        child.stdout!.on("data", (d) => (out += d));
-        child.stderr!.on("data", (d) => (out += d));
-        const exited = new Promise<number | null>((resolve) => child!.on("close", (code) => resolve(code)));
-        assert.ok(pollIn(l.fd, 10000), "the fixture did not connect within 10 s");
-        conn = libc.syscall(288, /* accept4 */ l.fd, 0, 0, O_CLOEXEC);
-        assert.ok(conn >= 0, `accept4: errno ${libc.errno()}`);
-        assert.ok(pollIn(conn, 10000), "the fixture sent nothing within 10 s");
-        // its memory was another process's: remote, so the range is checked for alignment only
-        uffd = Userfaultfd.fromFd(recvFd(conn), 0, { remote: true });
-        assert.equal(await within(exited, 10000, "fixture exit"), 0, out);
-        const u = uffd;
+        assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
         const e = throwsCode(
-          () => u.continue({ start: 0x10000 * pageSize, len: pageSize }),
+          () => uffd.continue({ start: 0x10000 * pageSize, len: pageSize }),
           "ESRCH",
           "kernel",
         );
         assert.equal(e.op, "UFFDIO_CONTINUE");
         assert.match(e.message, /exited/);
       } finally {
-        uffd?.close();
-        if (conn >= 0) libc.close(conn);
-        libc.close(l.fd);
-        if (child && child.exitCode === null) child.kill("SIGKILL");
+        fx.close();
+      }
+    },
+  );
+});
+
+describe("UFFDIO_MOVE from another process", () => {
+  it(
+    "a descriptor of another process cannot move its pages: EINVAL from the library and from the kernel (C fixture)",
+    { skip: compiler ? false : NO_CC, timeout: 20000 },
+    async () => {
+      const fx = startSender("move");
+      using uffd = Userfaultfd.fromFd(fx.fd, ["MOVE"], { remote: true });
+      try {
+        await until(() => /^addrs /m.test(fx.out()), "the fixture's addresses");
+        const [, dst, src] = fx.out().match(/^addrs ([0-9a-f]+) ([0-9a-f]+)$/m)!.map((x) => parseInt(x, 16));
+        const e = throwsCode(() => uffd.move({ start: dst, src, len: pageSize }), "EINVAL", "library");
+        assert.match(e.message, /another process/);
+        // the kernel's own answer to the same request (fs/userfaultfd.c: "Do not allow cross-mm moves")
+        const mv = new BigUint64Array([BigInt(dst), BigInt(src), BigInt(pageSize), 0n, 0n]);
+        const raw = rawIoctl(uffd.fd, ioctl.UFFDIO_MOVE, new Uint8Array(mv.buffer));
+        assert.deepEqual([raw.result, raw.errno], [-1, ERRNO.EINVAL]);
+        fx.closeConn(); // the fixture then prints its source page and exits
+        assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
+        assert.match(fx.out(), /^src 42$/m, "the source page was not moved away");
+      } finally {
+        fx.close();
       }
     },
   );

@@ -31,3 +31,12 @@ export function nextEvent(uffd: Userfaultfd): UffdEvent {
   if (!ev) throw new Error("no event within 10 s");
   return ev;
 }
+
+/** Waits (without blocking the event loop) until `cond()` holds; throws after `ms`. */
+export async function until(cond: () => boolean, what: string, ms = 10000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`${what}: not within ${ms} ms`);
+    await sleep(5);
+  }
+}
