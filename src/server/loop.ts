@@ -71,6 +71,10 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     srcLen = src.length;
   }
   const staging = init.staging;
+  const zeroArea = init.zeroArea;
+  const FROM_SOURCE = 0;
+  const FROM_STAGING = 1;
+  const FROM_ZERO = 2;
   const stagingView = init.stagingLen > 0 ? new Uint8Array(libc.view(staging, init.stagingLen)) : undefined;
   const stagingViews: Uint8Array[] = [];
 
@@ -117,12 +121,13 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   /**
    * UFFDIO_COPY or UFFDIO_MOVE (same struct layout) of pages [a, a+n) from the source at
-   * the same offset, or from the staging area. Arguments are page indices (small
-   * integers); addresses are formed here, so no double crosses a call.
+   * the same offset (FROM_SOURCE), the staging area (FROM_STAGING), or the zero area
+   * (FROM_ZERO). Arguments are page indices and small codes; addresses are formed here, so
+   * no double crosses a call.
    */
-  function placeFrom(req: number, a: number, n: number, fromStaging: boolean): number {
+  function placeFrom(req: number, a: number, n: number, from: number): number {
     put(cpw, 0, base + a * ps);
-    put(cpw, 2, fromStaging ? staging : srcBase + a * ps);
+    put(cpw, 2, from === FROM_SOURCE ? srcBase + a * ps : from === FROM_STAGING ? staging : zeroArea);
     put(cpw, 4, n * ps);
     cpw[6] = 0;
     cpw[7] = 0;
@@ -146,17 +151,10 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
    * Zero pages [a, a+n): UFFDIO_ZEROPAGE, or on hugetlb (which has no ZEROPAGE) a COPY from
    * an area that is never written, so it reads as zeros.
    */
-  const zeroArea = init.zeroArea;
   function zeroFill(a: number, n: number): number {
-    if (zeroArea === 0) return rangeOp(ioctl.UFFDIO_ZEROPAGE, a, n);
-    put(cpw, 0, base + a * ps);
-    put(cpw, 2, zeroArea);
-    put(cpw, 4, n * ps);
-    cpw[6] = 0;
-    cpw[7] = 0;
-    cpw[8] = 0;
-    cpw[9] = 0;
-    return result(libc.ioctl(fd, ioctl.UFFDIO_COPY, cpb), cps[8]);
+    return zeroArea === 0
+      ? rangeOp(ioctl.UFFDIO_ZEROPAGE, a, n)
+      : placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_ZERO);
   }
 
   function stagingFor(n: number): Uint8Array {
@@ -172,12 +170,12 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
         return rangeOp(ioctl.UFFDIO_CONTINUE, a, n);
       case "copy":
         // The kernel copies straight from the source, unless the last page reaches past it.
-        if ((a + n) * ps <= srcLen) return placeFrom(ioctl.UFFDIO_COPY, a, n, false);
+        if ((a + n) * ps <= srcLen) return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_SOURCE);
         stage(a, n);
-        return placeFrom(ioctl.UFFDIO_COPY, a, n, true);
+        return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_STAGING);
       case "move":
         stage(a, n);
-        return placeFrom(ioctl.UFFDIO_MOVE, a, n, true);
+        return placeFrom(ioctl.UFFDIO_MOVE, a, n, FROM_STAGING);
     }
   }
 
@@ -204,9 +202,9 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
         }
         if (placement === "move") {
           if (from) dest.set(from.subarray(0, n * ps));
-          return placeFrom(ioctl.UFFDIO_MOVE, a, n, true);
+          return placeFrom(ioctl.UFFDIO_MOVE, a, n, FROM_STAGING);
         }
-        if (!from) return placeFrom(ioctl.UFFDIO_COPY, a, n, true);
+        if (!from) return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_STAGING);
         // A returned buffer: the kernel copies from it directly.
         put(cpw, 0, base + a * ps);
         put(cpw, 2, libc.addressOf(from));
