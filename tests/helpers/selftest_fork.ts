@@ -29,8 +29,14 @@ export class ForkFixture {
     this.#proc.stderr!.on("data", (d: Uint8Array | string) => {
       this.#err += typeof d === "string" ? d : new TextDecoder().decode(d);
     });
+    // "exit" can come before the last output: wait for stdout to end too (or 500 ms, in case a
+    // child of the fixture still holds the pipe).
+    const stdoutEnded = new Promise<void>((resolve) => this.#proc.stdout!.on("close", () => resolve()));
     this.#exit = new Promise((resolve) => {
-      this.#proc.on("exit", (code, signal) => {
+      this.#proc.on("exit", async (code, signal) => {
+        let timer: ReturnType<typeof setTimeout> | undefined;
+        await Promise.race([stdoutEnded, new Promise<void>((r) => (timer = setTimeout(r, 500)))]);
+        clearTimeout(timer);
         this.exited = true;
         for (const l of this.#listeners.splice(0)) l();
         resolve({ code, signal });
