@@ -6,7 +6,8 @@
  * - `primary` loads the custom source module if any and serves faults until stopped.
  * - `standby` waits on a pidfd of the serving thread (PIDFD_THREAD) and the stop
  *   descriptor. If the serving thread ends while the server is still running (a
- *   source called `process.exit()`, or the loop died), it becomes the serving thread:
+ *   source called `process.exit()`; a loop that throws marks the server failed
+ *   instead, and is not taken over), it becomes the serving thread:
  *   it asks the main thread for a new standby (waiting up to STANDBY_WAIT_MS for it to
  *   watch), wakes the whole region so faults the dead thread had read are raised again,
  *   and serves in its place. The page the dead thread's source was filling counts as a
