@@ -78,5 +78,6 @@ export {
   type FillFunction,
   type PageSource,
   type Placement,
+  type RemoteRange,
 } from "./src/server/fault_server.ts";
 export { recvFd, sendFd, socketPair } from "./src/fdpass.ts";

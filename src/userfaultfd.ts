@@ -654,6 +654,11 @@ export class Userfaultfd {
     }
   }
 
+  /** Whether the descriptor serves another process's memory (`fromFd(..., { remote: true })`, fork events). */
+  get remote(): boolean {
+    return this.#remote;
+  }
+
   /** Whether reads on this descriptor do not block. */
   get nonBlocking(): boolean {
     return this.#nonBlocking;

@@ -1,4 +1,4 @@
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
 import {
   alignedSharedBytes,
@@ -8,13 +8,19 @@ import {
   Mapping,
   pageSize,
   UffdError,
+  Userfaultfd,
 } from "../mod.ts";
 import { libc } from "../ffi/mod.ts";
+import { cleanupSenders, compiler, NO_CC, startSender } from "./helpers/sender.ts";
+import { until } from "./helpers/uffd_wait.ts";
+import { within } from "./helpers/toucher.ts";
 import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
 
 const T = { timeout: 90000 };
 const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
+
+after(cleanupSenders);
 
 describe("FaultServer", () => {
   it(
@@ -554,6 +560,62 @@ describe("FaultServer", () => {
     );
     assert.ok(Date.now() - t0 < 4000, `rejected after ${Date.now() - t0} ms, not after close()'s timeout`);
   });
+
+  it(
+    "serves another process's registered range through its descriptor (remote), and refuses what cannot work across processes",
+    { skip: compiler ? false : NO_CC, timeout: 30000 },
+    async () => {
+      const fx = startSender("region"); // a C process: 64 pages registered, its uffd sent here
+      let server: FaultServer | undefined;
+      try {
+        const uffd = Userfaultfd.fromFd(fx.fd, 0, { remote: true });
+        await until(() => /^region /m.test(fx.out()), "the fixture's region");
+        const [, start, length] = fx.out().match(/^region ([0-9a-f]+) ([0-9a-f]+)$/m)!.map((x) =>
+          parseInt(x, 16)
+        );
+        assert.equal(length, 64 * pageSize);
+        // page p holds byte p + 1; the fixture sums the first byte of every page as it faults them in
+        const data = alignedSharedBytes(length);
+        for (let p = 0; p < 64; p++) data.fill(p + 1, p * pageSize, (p + 1) * pageSize);
+        for (
+          const [bad, why] of [
+            [{ placement: "move" }, /moves no pages across processes/],
+            [{ mapping: Mapping.anonymous(pageSize) }, /not both/],
+            [{ remote: { uffd, start: start + 1, length } }, /not aligned/],
+          ] as const
+        ) {
+          assert.throws(
+            () =>
+              new FaultServer({ source: { kind: "bytes", data }, remote: { uffd, start, length }, ...bad }),
+            (e) => e instanceof UffdError && e.code === "EINVAL" && why.test(e.message),
+          );
+          if ("mapping" in bad) bad.mapping.close();
+        }
+        server = await FaultServer.start({
+          source: { kind: "bytes", data },
+          remote: { uffd, start, length },
+          readahead: 4,
+        });
+        assert.equal(server.address, start);
+        assert.equal(server.length, length);
+        assert.throws(
+          () => server!.bytes(),
+          (e) => e instanceof UffdError && /another process/.test(e.message),
+        );
+        assert.equal(await within(fx.exited, 15000, "the fixture"), 0, fx.out());
+        assert.match(fx.out(), new RegExp(`^sum ${(64 * 65) / 2}$`, "m"), "every page read as served");
+        assert.match(fx.out(), /^last 40$/m, "the last byte of the last page (64 = 0x40)");
+      } finally {
+        server?.close();
+        fx.close();
+      }
+      const s = server!.stats;
+      assert.equal(s.pages, 64);
+      assert.ok(s.faults <= 16, `readahead of 4 pages: ${s.faults} faults`);
+      assert.equal(s.errors, 0, server!.lastError);
+      assert.equal(server!.uffd.closed, true, "the server owned and closed the descriptor");
+    },
+  );
 
   const hugeNeeded = 8;
   it(

@@ -46,6 +46,18 @@ export type PageSource =
   | { kind: "memfd"; mapping: Mapping }
   | { kind: "module"; url: string | URL; length: number; options?: unknown };
 
+/** Another process's registered range, served through its descriptor (see {@link FaultServerOptions.remote}). */
+export interface RemoteRange {
+  /** The descriptor, received from the process that registered the range (`remote: true`). */
+  uffd: Userfaultfd;
+  /** Start address of the range in that process. */
+  start: number;
+  /** Length of the range in bytes. */
+  length: number;
+  /** Page size of the range there (the huge page size for hugetlb memory); default the system page size. */
+  pageSize?: number;
+}
+
 /** Options of {@link FaultServer}. */
 export interface FaultServerOptions {
   /** The page source. */
@@ -58,7 +70,16 @@ export interface FaultServerOptions {
    * raises SIGBUS instead of silently reading zeros (unless `onClose: "zero"`).
    */
   mapping?: Mapping;
-  /** For a caller-owned `mapping`: what never-placed pages become at close (default `"poison"`). */
+  /**
+   * Serve another process's memory instead: a descriptor received from it (`recvFd` then
+   * `Userfaultfd.fromFd(fd, features, { remote: true })`) whose range that process has
+   * registered (MISSING), as a VMM does for a snapshot-restore handler. The server owns the
+   * descriptor from then on and closes it at close(). Pages are placed with COPY (or ZEROPAGE)
+   * from this process's source into that process's memory; no `move` (the kernel moves no
+   * pages across processes), no `memfd` source, no `bytes()` view.
+   */
+  remote?: RemoteRange;
+  /** For a caller-owned `mapping` or a `remote` range: what never-placed pages become at close (default `"poison"`). */
   onClose?: "poison" | "zero";
   /** How to place pages (default: copy; zeropage for `zero`, continue for `memfd`). `move` stages then UFFDIO_MOVE. */
   placement?: Placement;
@@ -159,10 +180,11 @@ const MAX_ADAPTIVE = 64;
 export class FaultServer {
   /** Resolves when the Worker serves faults; rejects if it could not start. */
   readonly ready: Promise<void>;
-  /** The served memory. */
-  readonly mapping: Mapping;
   /** The descriptor. */
   readonly uffd: Userfaultfd;
+  /** The served range: start, length and page size (here, or in the remote process). */
+  readonly #region: { start: number; length: number; pageSize: number };
+  readonly #mapping: Mapping | undefined;
   readonly #stats: Float64Array;
   readonly #ctrl: Int32Array;
   readonly #pages: Uint8Array;
@@ -184,9 +206,13 @@ export class FaultServer {
     );
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
 
-    // hugetlb: a caller's Mapping.hugetlb()/memfd({ hugetlb: true }) mapping, or a hugetlb memfd source.
+    const remote = options.remote;
+    if (remote) checkRemote(remote, options, placement);
+    // hugetlb: a caller's Mapping.hugetlb()/memfd({ hugetlb: true }) mapping, a hugetlb memfd
+    // source, or a remote range of huge pages.
     const huge = options.mapping?.kind === "hugetlb" ||
-      (src.kind === "memfd" && src.mapping?.kind === "hugetlb");
+      (src.kind === "memfd" && src.mapping?.kind === "hugetlb") ||
+      (remote !== undefined && (remote.pageSize ?? systemPageSize) > systemPageSize);
     if (huge && placement === "move") {
       throw invalid(
         "FaultServer",
@@ -205,11 +231,25 @@ export class FaultServer {
         : []),
     ];
     // O_NONBLOCK: poll(2) on a blocking userfaultfd always reports POLLERR.
-    this.uffd = Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
+    this.uffd = remote
+      ? remote.uffd
+      : Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
     let init: ServerInit;
+    let region: { start: number; length: number; pageSize: number } | undefined;
     try {
       const { source, length } = this.#prepareSource(src);
-      if (options.mapping) {
+      if (remote) {
+        // Registered by the other process; nothing is mapped or registered here.
+        if (remote.length < length && src.kind !== "zero") {
+          throw invalid("FaultServer", `the remote range holds ${remote.length} bytes, the source ${length}`);
+        }
+        region = {
+          start: remote.start,
+          length: remote.length,
+          pageSize: remote.pageSize ?? systemPageSize,
+        };
+        this.#onClose = options.onClose ?? "poison";
+      } else if (options.mapping) {
         if (src.kind === "memfd") {
           throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
         }
@@ -223,18 +263,19 @@ export class FaultServer {
         if (options.mapping.length < roundUp(length) && src.kind !== "zero") {
           throw invalid("FaultServer", `mapping holds ${options.mapping.length} bytes, the source ${length}`);
         }
-        this.mapping = options.mapping;
+        this.#mapping = options.mapping;
         this.#onClose = options.onClose ?? "poison";
       } else {
-        this.mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
-        this.#owned.push(this.mapping);
+        this.#mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
+        this.#owned.push(this.#mapping);
       }
-      const ps = this.mapping.pageSize;
-      if (placement === "continue") {
-        this.uffd.register(this.mapping, { minor: true, missing: true });
-      } else {
-        this.uffd.register(this.mapping, { missing: true });
+      if (this.#mapping) {
+        const m = this.#mapping;
+        region = { start: m.start, length: m.length, pageSize: m.pageSize };
+        this.uffd.register(m, placement === "continue" ? { minor: true, missing: true } : { missing: true });
       }
+      this.#region = region!;
+      const ps = region!.pageSize;
       const staging = Mapping.anonymous(maxWindow * ps);
       this.#owned.push(staging);
       // hugetlb has no UFFDIO_ZEROPAGE: zero pages are copied from memory never written.
@@ -242,13 +283,13 @@ export class FaultServer {
       if (zeroArea) this.#owned.push(zeroArea);
       this.#stats = new Float64Array(new SharedArrayBuffer(STAT_COUNT * 8));
       this.#ctrl = new Int32Array(new SharedArrayBuffer(CTRL_COUNT * 4));
-      this.#pages = new Uint8Array(new SharedArrayBuffer(this.mapping.length / ps));
+      this.#pages = new Uint8Array(new SharedArrayBuffer(region!.length / ps));
       this.#error = new Uint8Array(new SharedArrayBuffer(ERROR_BYTES));
       init = {
         fd: this.uffd.fd,
         stopFd: this.#stop.fd,
-        start: this.mapping.start,
-        len: this.mapping.length,
+        start: region!.start,
+        len: region!.length,
         pageSize: ps,
         placement,
         source,
@@ -352,7 +393,23 @@ export class FaultServer {
    * (the server follows REMAP events; make new views from this address).
    */
   get address(): number {
-    return this.#stats[STAT.base] || this.mapping.start;
+    return this.#stats[STAT.base] || this.#region.start;
+  }
+
+  /** Length of the served range in bytes. */
+  get length(): number {
+    return this.#region.length;
+  }
+
+  /** The served memory (not for a `remote` range, which is another process's). */
+  get mapping(): Mapping {
+    if (!this.#mapping) {
+      throw invalid(
+        "FaultServer",
+        "a remote range is another process's memory: there is no Mapping of it here",
+      );
+    }
+    return this.#mapping;
   }
 
   /** The served memory as bytes (no copy). Do not use it after {@link close} or a move. */
@@ -424,13 +481,15 @@ export class FaultServer {
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
     for (const w of this.#threads) void w.terminate();
-    if (this.#onClose === "poison") this.#poisonEmpty();
+    // A remote descriptor opened without POISON cannot: the other process then reads never-placed
+    // pages as zeros once the descriptor is closed (keep the server running while it runs).
+    if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
     this.#release();
   }
 
   /** Poisons every never-placed page of a caller-owned mapping (runs of pages, one ioctl each). */
   #poisonEmpty(): void {
-    const ps = this.mapping.pageSize;
+    const ps = this.#region.pageSize;
     const n = this.#pages.length;
     const mark = (a: number, count: number): void => {
       this.#pages.fill(PAGE.poisoned, a, a + count);
@@ -487,6 +546,7 @@ export class FaultServer {
 const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [
   "source",
   "mapping",
+  "remote",
   "onClose",
   "placement",
   "readahead",
@@ -567,6 +627,37 @@ function roundUp(n: number): number {
 function checkLength(n: number): void {
   if (!Number.isSafeInteger(n) || n <= 0) {
     throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
+  }
+}
+
+function checkRemote(remote: RemoteRange, options: FaultServerOptions, placement: Placement): void {
+  const bad = (detail: string): UffdError => invalid("FaultServer", detail);
+  if (options.mapping) throw bad("give `mapping` (memory of this process) or `remote` (another's), not both");
+  if (!(remote.uffd instanceof Userfaultfd) || !remote.uffd.remote || remote.uffd.closed) {
+    throw bad(
+      "remote.uffd must be an open descriptor from the process that registered the range: " +
+        "Userfaultfd.fromFd(recvFd(socket), features, { remote: true })",
+    );
+  }
+  if (placement === "move") throw bad('the kernel moves no pages across processes: use placement "copy"');
+  if (options.source.kind === "memfd") {
+    throw bad(
+      "a memfd source is mapped in this process; serve a remote range from bytes, file, zero or module",
+    );
+  }
+  const ps = remote.pageSize ?? systemPageSize;
+  if (!Number.isSafeInteger(ps) || ps < systemPageSize || (ps & (ps - 1)) !== 0) {
+    throw bad(`remote.pageSize must be a power of two >= ${systemPageSize} (got ${ps})`);
+  }
+  if (!Number.isSafeInteger(remote.start) || !Number.isSafeInteger(remote.length) || remote.length <= 0) {
+    throw bad(
+      `remote.start and remote.length must be integers, the length positive (got ${remote.start}, ${remote.length})`,
+    );
+  }
+  if (remote.start % ps !== 0 || remote.length % ps !== 0) {
+    throw bad(
+      `remote range 0x${remote.start.toString(16)}+${remote.length} is not aligned to its ${ps}-byte pages`,
+    );
   }
 }
 
