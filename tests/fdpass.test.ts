@@ -2,12 +2,6 @@
 // process that registers its own memory and lets this process resolve its page faults.
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdirSync, renameSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import process from "node:process";
-import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
 import {
   Mapping,
@@ -21,6 +15,7 @@ import {
 } from "../mod.ts";
 import { readTextFile } from "../src/memory.ts";
 import { Toucher, within } from "./helpers/toucher.ts";
+import { cleanupSenders, compiler, NO_CC, startSender } from "./helpers/sender.ts";
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 const fdFlags = (fd: number) =>
@@ -29,12 +24,6 @@ const O_CLOEXEC = 0o2000000;
 
 function closeFds(...fds: number[]): void {
   for (const fd of fds) if (fd >= 0) libc.close(fd);
-}
-
-/** Waits up to `ms` for `fd` to be readable (POLLIN); false on timeout. */
-function pollIn(fd: number, ms: number): boolean {
-  const pfd = new Int32Array([fd, 1]);
-  return libc.poll(pfd, 1, ms) === 1;
 }
 
 describe("sendFd / recvFd / socketPair", () => {
@@ -116,90 +105,20 @@ describe("sendFd / recvFd / socketPair", () => {
   });
 });
 
-// ---- the C fixture ----
+// ---- the C fixture (tests/fixtures/uffd_sender.c, started by tests/helpers/sender.ts) ----
 
-const FIXTURES = fileURLToPath(new URL("./fixtures/", import.meta.url));
-const BUILD = join(FIXTURES, "build");
-const BIN = join(BUILD, "uffd_sender");
-const compiler = spawnSync("cc", ["--version"]).status === 0;
-const NO_CC = "no C compiler (`cc`) on PATH: cannot build tests/fixtures/uffd_sender.c";
-
-let built = false;
-function build(): void {
-  if (built) return;
-  mkdirSync(BUILD, { recursive: true });
-  const tmp = `${BIN}.${process.pid}.tmp`;
-  const r = spawnSync("cc", ["-O1", "-Wall", "-Werror", "-o", tmp, join(FIXTURES, "uffd_sender.c")], {
-    encoding: "utf8",
-  });
-  assert.equal(r.status, 0, `cc failed: ${r.stderr}`);
-  renameSync(tmp, BIN); // atomic: a concurrent run (other runtime) never sees half a binary
-  built = true;
-}
-
-const sockets: string[] = [];
-after(() => {
-  for (const p of sockets) rmSync(p, { force: true });
-});
-
-/** A listening AF_UNIX socket at a fresh path, through raw syscalls. */
-function listenUnix(): { fd: number; path: string } {
-  const path = join(tmpdir(), `uffd-fdpass-${process.pid}-${sockets.length}.sock`);
-  rmSync(path, { force: true });
-  sockets.push(path);
-  const fd = libc.syscall(41, /* socket */ 1, /* AF_UNIX */ 1 | O_CLOEXEC, /* SOCK_STREAM|SOCK_CLOEXEC */ 0);
-  assert.ok(fd >= 0, `socket: errno ${libc.errno()}`);
-  const sa = new Uint8Array(110); // struct sockaddr_un
-  sa[0] = 1; // sun_family = AF_UNIX
-  sa.set(new TextEncoder().encode(path), 2);
-  assert.equal(
-    libc.syscall(49, /* bind */ fd, libc.addressOf(sa), sa.length),
-    0,
-    `bind: errno ${libc.errno()}`,
-  );
-  assert.equal(libc.syscall(50, /* listen */ fd, 1), 0, `listen: errno ${libc.errno()}`);
-  return { fd, path };
-}
-
-interface Fixture {
-  child: ChildProcess;
-  out: () => string;
-  exited: Promise<number | null>;
-}
-
-function runFixture(path: string, mode: string): Fixture {
-  const child = spawn(BIN, [path, mode], { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  child.stdout!.on("data", (d) => (out += d));
-  child.stderr!.on("data", (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)));
-  return { child, out: () => out, exited };
-}
-
-/** Accepts the fixture's connection and receives its uffd (bounded waits, never hangs). */
-function acceptUffd(listenFd: number): { conn: number; fd: number } {
-  assert.ok(pollIn(listenFd, 10000), "the fixture did not connect within 10 s");
-  const conn = libc.syscall(288, /* accept4 */ listenFd, 0, 0, O_CLOEXEC);
-  assert.ok(conn >= 0, `accept4: errno ${libc.errno()}`);
-  assert.ok(pollIn(conn, 10000), "the fixture sent nothing within 10 s");
-  return { conn, fd: recvFd(conn) };
-}
+after(cleanupSenders);
 
 describe("uffd from another process (C fixture)", () => {
   it(
     "receives the fixture's uffd, resolves its page fault with COPY, and the fixture prints the page",
     { skip: compiler ? false : NO_CC, timeout: 20000 },
     async () => {
-      build();
-      const l = listenUnix();
-      const fx = runFixture(l.path, "touch");
-      let conn = -1;
+      const fx = startSender("touch");
       let uffd: Userfaultfd | undefined;
       try {
-        const r = acceptUffd(l.fd);
-        conn = r.conn;
         // the fixture's memory is in its own address space: remote skips the local mapping checks
-        uffd = Userfaultfd.fromFd(r.fd, 0, { remote: true });
+        uffd = Userfaultfd.fromFd(fx.fd, 0, { remote: true });
         assert.equal(uffd.nonBlocking, true, "O_NONBLOCK read from the descriptor (the fixture set it)");
         const ev = uffd.readEvent({ timeout: 10000 });
         assert.ok(ev && ev.type === "pagefault", `no fault from the fixture: ${fx.out()}`);
@@ -213,9 +132,8 @@ describe("uffd from another process (C fixture)", () => {
         assert.equal(fx.out(), "read: hello from the TypeScript monitor\n");
       } finally {
         uffd?.close(); // wakes the fixture if it is still blocked: it reads zeros and exits
-        closeFds(conn, l.fd);
         await Promise.race([fx.exited, sleep(5000)]);
-        if (fx.child.exitCode === null) fx.child.kill("SIGKILL");
+        fx.close();
       }
     },
   );
@@ -224,15 +142,10 @@ describe("uffd from another process (C fixture)", () => {
     "ESRCH: COPY and ZEROPAGE after the process that owns the memory has exited",
     { skip: compiler ? false : NO_CC, timeout: 20000 },
     async () => {
-      build();
-      const l = listenUnix();
-      const fx = runFixture(l.path, "exit");
-      let conn = -1;
+      const fx = startSender("exit");
       let uffd: Userfaultfd | undefined;
       try {
-        const r = acceptUffd(l.fd);
-        conn = r.conn;
-        uffd = Userfaultfd.fromFd(r.fd, 0);
+        uffd = Userfaultfd.fromFd(fx.fd, 0);
         assert.equal(await within(fx.exited, 10000, "fixture exit"), 0, fx.out());
         using here = Mapping.anonymous(pageSize); // any aligned range: the mm is gone first
         const u = uffd;
@@ -252,8 +165,7 @@ describe("uffd from another process (C fixture)", () => {
         }
       } finally {
         uffd?.close();
-        closeFds(conn, l.fd);
-        if (fx.child.exitCode === null) fx.child.kill("SIGKILL");
+        fx.close();
       }
     },
   );
@@ -262,16 +174,11 @@ describe("uffd from another process (C fixture)", () => {
     "UFFD_EVENT_FORK: the fork event carries the child's uffd, which resolves the child's fault",
     { skip: compiler ? false : NO_CC, timeout: 20000 },
     async () => {
-      build();
-      const l = listenUnix();
-      const fx = runFixture(l.path, "fork");
-      let conn = -1;
+      const fx = startSender("fork");
       let parent: Userfaultfd | undefined;
       let child: Userfaultfd | undefined;
       try {
-        const r = acceptUffd(l.fd);
-        conn = r.conn;
-        parent = Userfaultfd.fromFd(r.fd, ["EVENT_FORK"]);
+        parent = Userfaultfd.fromFd(fx.fd, ["EVENT_FORK"]);
         const ev = parent.readEvent({ timeout: 10000 });
         assert.ok(ev && ev.type === "fork", `no fork event: ${JSON.stringify(ev)} ${fx.out()}`);
         // the kernel installed the child's uffd in this process (the reader), non-blocking like the parent's
@@ -291,9 +198,8 @@ describe("uffd from another process (C fixture)", () => {
       } finally {
         child?.close();
         parent?.close();
-        closeFds(conn, l.fd);
         await Promise.race([fx.exited, sleep(5000)]);
-        if (fx.child.exitCode === null) fx.child.kill("SIGKILL");
+        fx.close();
       }
     },
   );
