@@ -79,5 +79,16 @@ export {
   type PageSource,
   type Placement,
   type RemoteRange,
+  type RemoteRegion,
 } from "./src/server/fault_server.ts";
+export { dataExtents } from "./src/server/sources.ts";
+export {
+  checkWorkingSet,
+  formatWorkingSet,
+  loadWorkingSet,
+  parseWorkingSet,
+  saveWorkingSet,
+  type WorkingSet,
+  workingSetPages,
+} from "./src/server/working_set.ts";
 export { recvFd, sendFd, socketPair } from "./src/fdpass.ts";

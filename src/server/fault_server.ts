@@ -7,7 +7,7 @@
 import { Worker } from "node:worker_threads";
 import { invalid, UffdError } from "../errors.ts";
 import { EventFd } from "../eventfd.ts";
-import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
+import { Mapping, pageSize as systemPageSize } from "../memory.ts";
 import { Userfaultfd } from "../userfaultfd.ts";
 import {
   CTRL,
@@ -16,44 +16,47 @@ import {
   type ErrorPolicy,
   PAGE,
   type Placement,
+  REGION_WORDS,
   type ServerInit,
-  type SourceInit,
   STAT,
   STAT_COUNT,
   STATE,
 } from "./layout.ts";
+import { isAddressSource, openSource, type PageSource, SOURCE_KINDS } from "./sources.ts";
+import { checkWorkingSet, planOf, type WorkingSet } from "./working_set.ts";
 
 export type { ErrorPolicy, Placement } from "./layout.ts";
 export type { FillFunction } from "./loop.ts";
+export type { PageSource } from "./sources.ts";
 
 /**
- * Where pages come from.
- * - `bytes`: a buffer; a SharedArrayBuffer (or a view on one) is read in place, any other
- *   buffer is copied once into page-aligned shared memory. For the fastest COPY give a
- *   page-aligned view ({@link alignedSharedBytes}): Deno's SharedArrayBuffers are not.
- * - `file`: a file mapped read-only; the kernel copies straight from the page cache.
- * - `zero`: zero pages (UFFDIO_ZEROPAGE), `length` bytes.
- * - `memfd`: a memfd {@link Mapping} (shmem or hugetlb) whose pages are populated out of band
- *   (through it or an alias); the server maps the same pages and resolves minor faults with
- *   UFFDIO_CONTINUE.
- * - `module`: a module URL exporting `fill(offset, dest)` (sync or async) that fills `dest`
- *   with the bytes at `offset` or returns a Uint8Array holding them; optional `init(options)`.
+ * One region of another process's memory and where its pages are in the source: the page at
+ * `start + i` is the source's byte `offset + i` (Firecracker's `base_host_virt_addr`, `size`,
+ * `offset`).
  */
-export type PageSource =
-  | { kind: "bytes"; data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer }
-  | { kind: "file"; path: string }
-  | { kind: "zero"; length: number }
-  | { kind: "memfd"; mapping: Mapping }
-  | { kind: "module"; url: string | URL; length: number; options?: unknown };
+export interface RemoteRegion {
+  /** Start address in that process. */
+  start: number;
+  /** Length in bytes. */
+  length: number;
+  /** Offset of the region's first byte in the source (default 0). */
+  offset?: number;
+}
 
-/** Another process's registered range, served through its descriptor (see {@link FaultServerOptions.remote}). */
+/**
+ * Another process's registered memory, served through its descriptor (see
+ * {@link FaultServerOptions.remote}): one range (`start`, `length`, served from the source's
+ * start) or several `regions` on the same descriptor, each at its own source offset.
+ */
 export interface RemoteRange {
   /** The descriptor, received from the process that registered the range (`remote: true`). */
   uffd: Userfaultfd;
-  /** Start address of the range in that process. */
-  start: number;
+  /** Start address of the range in that process (with `length`; or give `regions`). */
+  start?: number;
   /** Length of the range in bytes. */
-  length: number;
+  length?: number;
+  /** Several regions of that process on this one descriptor, each with its offset in the source. */
+  regions?: RemoteRegion[];
   /** Page size of the range there (the huge page size for hugetlb memory); default the system page size. */
   pageSize?: number;
 }
@@ -108,6 +111,18 @@ export interface FaultServerOptions {
    * as Firecracker does and as madvise promises (default); `"source"` serves the source again.
    */
   onRemove?: "zero" | "source";
+  /**
+   * A working set to install right after the start (record it with `record: true` and
+   * {@link FaultServer.workingSet}): pages in its order, in coalesced runs of up to
+   * `prefetchRun` pages, each one COPY with DONTWAKE, demand faults served first between runs,
+   * one WAKE per region at the end. Pages outside it are served on demand. Address sources only
+   * (bytes, file, snapshot, zero).
+   */
+  prefetch?: WorkingSet;
+  /** Largest prefetch run in pages (default 2 MiB worth of pages). */
+  prefetchRun?: number;
+  /** Record the pages installed on demand, in first-touch order, for {@link FaultServer.workingSet}. */
+  record?: boolean;
   /** Stops the server when aborted. */
   signal?: AbortSignal;
   /** How long close() waits for the Worker to drain, in ms (default 5000). */
@@ -159,6 +174,14 @@ export interface FaultServerStats {
   heapStart: number;
   /** JS heap of the Worker at the last sample (every 65536 faults and at stop), bytes. */
   heapNow: number;
+  /** Pages installed by the prefetcher. */
+  prefetched: number;
+  /** Milliseconds from the start until the prefetch plan was installed (0: none, or not yet done). */
+  prefetchMs: number;
+  /** Pages placed as zeros (holes of a snapshot, pages dropped by madvise, a zero source). */
+  zeroPages: number;
+  /** Faults at addresses outside every served region (not resolved by this server). */
+  outside: number;
 }
 
 /** Life cycle of a {@link FaultServer}'s Worker. */
@@ -182,13 +205,15 @@ export class FaultServer {
   readonly ready: Promise<void>;
   /** The descriptor. */
   readonly uffd: Userfaultfd;
-  /** The served range: start, length and page size (here, or in the remote process). */
-  readonly #region: { start: number; length: number; pageSize: number };
+  /** The served regions (Float64Array of start, length, first page), shared with the Worker. */
+  readonly #regions: Float64Array;
+  readonly #pageSize: number;
   readonly #mapping: Mapping | undefined;
   readonly #stats: Float64Array;
   readonly #ctrl: Int32Array;
   readonly #pages: Uint8Array;
   readonly #error: Uint8Array;
+  readonly #record: Int32Array | undefined;
   readonly #stop = new EventFd();
   readonly #threads: Worker[] = [];
   readonly #owned: Mapping[] = [];
@@ -207,7 +232,7 @@ export class FaultServer {
     this.#closeTimeoutMs = options.closeTimeoutMs ?? 5000;
 
     const remote = options.remote;
-    if (remote) checkRemote(remote, options, placement);
+    const remoteRegions = remote ? checkRemote(remote, options, placement) : undefined;
     // hugetlb: a caller's Mapping.hugetlb()/memfd({ hugetlb: true }) mapping, a hugetlb memfd
     // source, or a remote range of huge pages.
     const huge = options.mapping?.kind === "hugetlb" ||
@@ -219,6 +244,13 @@ export class FaultServer {
         'UFFDIO_MOVE works on private anonymous memory only; use placement "copy" on hugetlb',
       );
     }
+    if ((options.prefetch || options.record) && !isAddressSource(src)) {
+      throw invalid(
+        "FaultServer",
+        `prefetch and record need an address source (bytes, file, snapshot, zero), not ${src.kind}`,
+      );
+    }
+    const prefetch = options.prefetch === undefined ? undefined : checkWorkingSet(options.prefetch);
     const features = ["EVENT_REMOVE", "EVENT_UNMAP", "EVENT_REMAP"] as const;
     const extra = [
       ...(onError.then === "poison" || placement === "continue" || options.mapping
@@ -235,64 +267,81 @@ export class FaultServer {
       ? remote.uffd
       : Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
     let init: ServerInit;
-    let region: { start: number; length: number; pageSize: number } | undefined;
     try {
-      const { source, length } = this.#prepareSource(src);
-      if (remote) {
+      const opened = openSource(src);
+      this.#owned.push(...opened.owned);
+      this.#hold.push(...opened.hold);
+      const length = opened.length;
+      let list: Array<{ start: number; length: number; first: number }>;
+      let ps: number;
+      if (remoteRegions) {
         // Registered by the other process; nothing is mapped or registered here.
-        if (remote.length < length && src.kind !== "zero") {
-          throw invalid("FaultServer", `the remote range holds ${remote.length} bytes, the source ${length}`);
+        ps = remote!.pageSize ?? systemPageSize;
+        for (const r of remoteRegions) {
+          if (r.offset + r.length > length && src.kind !== "zero") {
+            throw invalid(
+              "FaultServer",
+              `the remote region 0x${r.start.toString(16)}+${r.length} at source offset ${r.offset} ` +
+                `reaches past the source's ${length} bytes`,
+            );
+          }
         }
-        region = {
-          start: remote.start,
-          length: remote.length,
-          pageSize: remote.pageSize ?? systemPageSize,
-        };
-        this.#onClose = options.onClose ?? "poison";
-      } else if (options.mapping) {
-        if (src.kind === "memfd") {
-          throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
-        }
-        const kind = options.mapping.kind;
-        if (kind !== "anonymous" && kind !== "adopted" && kind !== "hugetlb") {
-          throw invalid(
-            "FaultServer",
-            `mapping must be anonymous private memory or hugetlb memory (got ${kind})`,
-          );
-        }
-        if (options.mapping.length < roundUp(length) && src.kind !== "zero") {
-          throw invalid("FaultServer", `mapping holds ${options.mapping.length} bytes, the source ${length}`);
-        }
-        this.#mapping = options.mapping;
+        list = remoteRegions.map((r) => ({ start: r.start, length: r.length, first: r.offset / ps }));
         this.#onClose = options.onClose ?? "poison";
       } else {
-        this.#mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
-        this.#owned.push(this.#mapping);
-      }
-      if (this.#mapping) {
+        if (options.mapping) {
+          if (src.kind === "memfd") {
+            throw invalid("FaultServer", "a memfd source maps its own pages; drop `mapping`");
+          }
+          const kind = options.mapping.kind;
+          if (kind !== "anonymous" && kind !== "adopted" && kind !== "hugetlb") {
+            throw invalid(
+              "FaultServer",
+              `mapping must be anonymous private memory or hugetlb memory (got ${kind})`,
+            );
+          }
+          if (options.mapping.length < roundUp(length) && src.kind !== "zero") {
+            throw invalid(
+              "FaultServer",
+              `mapping holds ${options.mapping.length} bytes, the source ${length}`,
+            );
+          }
+          this.#mapping = options.mapping;
+          this.#onClose = options.onClose ?? "poison";
+        } else {
+          this.#mapping = src.kind === "memfd" ? src.mapping.alias() : Mapping.anonymous(roundUp(length));
+          this.#owned.push(this.#mapping);
+        }
         const m = this.#mapping;
-        region = { start: m.start, length: m.length, pageSize: m.pageSize };
+        ps = m.pageSize;
+        list = [{ start: m.start, length: m.length, first: 0 }];
         this.uffd.register(m, placement === "continue" ? { minor: true, missing: true } : { missing: true });
       }
-      this.#region = region!;
-      const ps = region!.pageSize;
-      const staging = Mapping.anonymous(maxWindow * ps);
+      this.#pageSize = ps;
+      const nPages = Math.max(...list.map((r) => r.first + r.length / ps));
+      this.#regions = new Float64Array(new SharedArrayBuffer(list.length * REGION_WORDS * 8));
+      list.forEach((r, i) => this.#regions.set([r.start, r.length, r.first], i * REGION_WORDS));
+      const prefetchRun = options.prefetchRun ?? Math.max(1, (2 << 20) / ps);
+      const plan = prefetch ? planOf(prefetch, ps, nPages) : undefined;
+      // Staging and zero areas hold a whole window, or a whole prefetch run.
+      const areaPages = Math.max(maxWindow, plan ? prefetchRun : 0);
+      const staging = Mapping.anonymous(areaPages * ps);
       this.#owned.push(staging);
       // hugetlb has no UFFDIO_ZEROPAGE: zero pages are copied from memory never written.
-      const zeroArea = huge ? Mapping.anonymous(maxWindow * ps) : undefined;
+      const zeroArea = huge ? Mapping.anonymous(areaPages * ps) : undefined;
       if (zeroArea) this.#owned.push(zeroArea);
       this.#stats = new Float64Array(new SharedArrayBuffer(STAT_COUNT * 8));
       this.#ctrl = new Int32Array(new SharedArrayBuffer(CTRL_COUNT * 4));
-      this.#pages = new Uint8Array(new SharedArrayBuffer(region!.length / ps));
+      this.#pages = new Uint8Array(new SharedArrayBuffer(nPages));
       this.#error = new Uint8Array(new SharedArrayBuffer(ERROR_BYTES));
+      this.#record = options.record ? new Int32Array(new SharedArrayBuffer((nPages + 64) * 8)) : undefined;
       init = {
         fd: this.uffd.fd,
         stopFd: this.#stop.fd,
-        start: region!.start,
-        len: region!.length,
+        regions: this.#regions.buffer as SharedArrayBuffer,
         pageSize: ps,
         placement,
-        source,
+        source: opened.init(nPages, ps),
         readahead,
         onError,
         busyPollUs,
@@ -302,11 +351,16 @@ export class FaultServer {
         staging: staging.start,
         stagingLen: staging.length,
         zeroArea: zeroArea?.start ?? 0,
+        zeroLen: zeroArea?.length ?? 0,
         stats: this.#stats.buffer as SharedArrayBuffer,
         ctrl: this.#ctrl.buffer as SharedArrayBuffer,
         pages: this.#pages.buffer as SharedArrayBuffer,
+        prefetch: plan && plan.length > 0 ? plan.buffer as SharedArrayBuffer : undefined,
+        prefetchRun,
+        record: this.#record?.buffer as SharedArrayBuffer | undefined,
         error: this.#error.buffer as SharedArrayBuffer,
       };
+      if (init.source.kind === "layers") this.#hold.push(init.source.table);
     } catch (e) {
       this.#release();
       throw e;
@@ -359,46 +413,47 @@ export class FaultServer {
     return s;
   }
 
-  #prepareSource(src: PageSource): { source: SourceInit; length: number } {
-    switch (src.kind) {
-      case "bytes": {
-        const { data, offset, length } = sharedBytes(src.data);
-        this.#hold.push(data);
-        return { source: { kind: "bytes", data, offset, length }, length };
-      }
-      case "file": {
-        const m = Mapping.file(src.path);
-        this.#owned.push(m);
-        return { source: { kind: "address", address: m.start, length: m.length }, length: m.length };
-      }
-      case "zero":
-        checkLength(src.length);
-        return { source: { kind: "zero" }, length: src.length };
-      case "memfd":
-        if ((src.mapping.kind !== "shmem" && src.mapping.kind !== "hugetlb") || src.mapping.fd < 0) {
-          throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping (shmem or hugetlb)");
-        }
-        return { source: { kind: "memfd" }, length: src.mapping.length };
-      case "module":
-        checkLength(src.length);
-        return {
-          source: { kind: "module", url: String(src.url), options: src.options, length: src.length },
-          length: src.length,
-        };
-    }
-  }
-
   /**
    * Where the served region is now: its start address, or where mremap() moved it
    * (the server follows REMAP events; make new views from this address).
    */
   get address(): number {
-    return this.#stats[STAT.base] || this.#region.start;
+    return this.#regions[0];
   }
 
-  /** Length of the served range in bytes. */
+  /** Length of the served range in bytes (of all regions together for several). */
   get length(): number {
-    return this.#region.length;
+    let n = 0;
+    for (let i = 1; i < this.#regions.length; i += REGION_WORDS) n += this.#regions[i];
+    return n;
+  }
+
+  /** The served regions now (start addresses follow mremap): start, length and source offset of each. */
+  get regions(): Array<{ start: number; length: number; offset: number }> {
+    const out = [];
+    for (let i = 0; i < this.#regions.length; i += REGION_WORDS) {
+      out.push({
+        start: this.#regions[i],
+        length: this.#regions[i + 1],
+        offset: this.#regions[i + 2] * this.#pageSize,
+      });
+    }
+    return out;
+  }
+
+  /**
+   * The pages installed on demand so far, in first-touch order (a fault's whole readahead
+   * window counts: the pages it installed), for a later restore's `prefetch`. Needs
+   * `record: true`. With readahead 1 it is exactly the pages that faulted.
+   */
+  workingSet(): WorkingSet {
+    if (!this.#record) {
+      throw invalid("FaultServer", "start the server with record: true to record its working set");
+    }
+    const n = this.#stats[STAT.recordRuns];
+    const runs: Array<[number, number]> = [];
+    for (let k = 0; k < n; k++) runs.push([this.#record[2 * k], this.#record[2 * k + 1]]);
+    return { pageSize: this.#pageSize, runs };
   }
 
   /** The served memory (not for a `remote` range, which is another process's). */
@@ -441,6 +496,10 @@ export class FaultServer {
       removed: s[STAT.removed],
       heapStart: s[STAT.heapStart],
       heapNow: s[STAT.heapNow],
+      prefetched: s[STAT.prefetched],
+      prefetchMs: s[STAT.prefetchUs] / 1000,
+      zeroPages: s[STAT.zeroPages],
+      outside: s[STAT.outside],
     };
   }
 
@@ -487,36 +546,50 @@ export class FaultServer {
     this.#release();
   }
 
-  /** Poisons every never-placed page of a caller-owned mapping (runs of pages, one ioctl each). */
+  /** Poisons every never-placed page of a caller-owned mapping or remote regions (runs of pages, one ioctl each). */
   #poisonEmpty(): void {
-    const ps = this.#region.pageSize;
-    const n = this.#pages.length;
+    const ps = this.#pageSize;
     const mark = (a: number, count: number): void => {
       this.#pages.fill(PAGE.poisoned, a, a + count);
       this.#stats[STAT.poisoned] += count;
     };
-    for (let p = 0; p < n;) {
-      if (this.#pages[p] !== PAGE.empty) {
-        p++;
-        continue;
-      }
-      let q = p + 1;
-      while (q < n && this.#pages[q] === PAGE.empty) q++;
-      for (let a = p; a < q;) {
-        try {
-          const done = this.uffd.poison({ start: this.address + a * ps, len: (q - a) * ps }) / ps;
-          mark(a, done);
-          a += done;
-        } catch (e) {
-          // EEXIST: the page at a + done is present (populated behind the server's back): keep it.
-          // EAGAIN: the address space is changing and no thread reads events any more: skip it.
-          if (!(e instanceof UffdError) || (e.code !== "EEXIST" && e.code !== "EAGAIN")) throw e;
-          const done = e.done / ps;
-          mark(a, done);
-          a += done + 1;
+    for (let i = 0; i < this.#regions.length; i += REGION_WORDS) {
+      const start = this.#regions[i];
+      const first = this.#regions[i + 2];
+      const n = first + this.#regions[i + 1] / ps;
+      for (let p = first; p < n;) {
+        if (this.#pages[p] !== PAGE.empty) {
+          p++;
+          continue;
         }
+        let q = p + 1;
+        while (q < n && this.#pages[q] === PAGE.empty) q++;
+        for (let a = p; a < q;) {
+          try {
+            const done = this.uffd.poison({ start: start + (a - first) * ps, len: (q - a) * ps }) / ps;
+            mark(a, done);
+            a += done;
+          } catch (e) {
+            // EEXIST: the page at a + done is present (populated behind the server's back): keep it.
+            // EAGAIN: the address space is changing and no thread reads events any more: skip it.
+            // ENOENT: the range is no longer mapped there (unmapped, or moved by an mremap whose
+            // REMAP event no thread read): nothing of it is left to poison here.
+            if (
+              !(e instanceof UffdError) || (e.code !== "EEXIST" && e.code !== "EAGAIN" && e.code !== "ENOENT")
+            ) {
+              throw e;
+            }
+            if (e.code === "ENOENT") {
+              a = q;
+              break;
+            }
+            const done = e.done / ps;
+            mark(a, done);
+            a += done + 1;
+          }
+        }
+        p = q;
       }
-      p = q;
     }
   }
 
@@ -557,6 +630,9 @@ const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [
   "onRemove",
   "signal",
   "closeTimeoutMs",
+  "prefetch",
+  "prefetchRun",
+  "record",
 ];
 
 /** Validates the options (before anything is created) and fills in the defaults. */
@@ -577,10 +653,24 @@ function resolveOptions(options: FaultServerOptions): {
   }
   const src = options.source;
   if (!src || typeof src !== "object") throw bad('source is required, e.g. { kind: "bytes", data }');
+  if (
+    options.prefetchRun !== undefined && (!Number.isInteger(options.prefetchRun) || options.prefetchRun < 1)
+  ) {
+    throw bad(`prefetchRun must be a whole number of pages >= 1 (got ${options.prefetchRun})`);
+  }
   const placement: Placement = options.placement ??
     (src.kind === "zero" ? "zeropage" : src.kind === "memfd" ? "continue" : "copy");
   checkCombination(src, placement);
   const ra = options.readahead ?? 1;
+  if (
+    ra !== "adaptive" && typeof ra !== "number" &&
+    (ra === null || typeof ra !== "object" || Array.isArray(ra) ||
+      Object.keys(ra).some((k) => k !== "min" && k !== "max"))
+  ) {
+    throw bad(
+      `readahead must be a number of pages, "adaptive", or { min, max } (got ${JSON.stringify(ra)})`,
+    );
+  }
   const readahead: ServerInit["readahead"] = ra === "adaptive"
     ? { mode: "adaptive", min: 1, max: MAX_ADAPTIVE }
     : typeof ra === "number"
@@ -624,13 +714,12 @@ function roundUp(n: number): number {
   return Math.ceil(n / systemPageSize) * systemPageSize;
 }
 
-function checkLength(n: number): void {
-  if (!Number.isSafeInteger(n) || n <= 0) {
-    throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
-  }
-}
-
-function checkRemote(remote: RemoteRange, options: FaultServerOptions, placement: Placement): void {
+/** Checks a remote range and returns its regions, each with its source offset. */
+function checkRemote(
+  remote: RemoteRange,
+  options: FaultServerOptions,
+  placement: Placement,
+): Array<{ start: number; length: number; offset: number }> {
   const bad = (detail: string): UffdError => invalid("FaultServer", detail);
   if (options.mapping) throw bad("give `mapping` (memory of this process) or `remote` (another's), not both");
   if (!(remote.uffd instanceof Userfaultfd) || !remote.uffd.remote || remote.uffd.closed) {
@@ -642,55 +731,84 @@ function checkRemote(remote: RemoteRange, options: FaultServerOptions, placement
   if (placement === "move") throw bad('the kernel moves no pages across processes: use placement "copy"');
   if (options.source.kind === "memfd") {
     throw bad(
-      "a memfd source is mapped in this process; serve a remote range from bytes, file, zero or module",
+      "a memfd source is mapped in this process; serve a remote range from bytes, file, snapshot, zero or module",
     );
   }
   const ps = remote.pageSize ?? systemPageSize;
   if (!Number.isSafeInteger(ps) || ps < systemPageSize || (ps & (ps - 1)) !== 0) {
     throw bad(`remote.pageSize must be a power of two >= ${systemPageSize} (got ${ps})`);
   }
-  if (!Number.isSafeInteger(remote.start) || !Number.isSafeInteger(remote.length) || remote.length <= 0) {
-    throw bad(
-      `remote.start and remote.length must be integers, the length positive (got ${remote.start}, ${remote.length})`,
-    );
+  const single = remote.start !== undefined || remote.length !== undefined;
+  if (single === (remote.regions !== undefined)) {
+    throw bad("give remote.start and remote.length (one range) or remote.regions (several), not both");
   }
-  if (remote.start % ps !== 0 || remote.length % ps !== 0) {
-    throw bad(
-      `remote range 0x${remote.start.toString(16)}+${remote.length} is not aligned to its ${ps}-byte pages`,
-    );
+  if (!single && (!Array.isArray(remote.regions) || remote.regions.length === 0)) {
+    throw bad("remote.regions must be a non-empty array of { start, length, offset }");
   }
+  const list = single
+    ? [{ start: remote.start!, length: remote.length!, offset: 0 }]
+    : remote.regions!.map((r) => ({ start: r?.start, length: r?.length, offset: r?.offset ?? 0 }));
+  for (const [i, r] of list.entries()) {
+    const what = single ? "remote range" : `remote.regions[${i}]`;
+    if (
+      !Number.isSafeInteger(r.start) || !Number.isSafeInteger(r.length) || !Number.isSafeInteger(r.offset) ||
+      r.length <= 0 || r.start < 0 || r.offset < 0
+    ) {
+      throw bad(
+        `${what}: start, length and offset must be integers, the length positive ` +
+          `(got ${r.start}, ${r.length}, ${r.offset})`,
+      );
+    }
+    if (r.start % ps !== 0 || r.length % ps !== 0 || r.offset % ps !== 0) {
+      throw bad(
+        `${what} 0x${
+          r.start.toString(16)
+        }+${r.length} at offset ${r.offset} is not aligned to its ${ps}-byte pages`,
+      );
+    }
+  }
+  const sorted = [...list].sort((x, y) => x.start - y.start);
+  for (let i = 1; i < sorted.length; i++) {
+    if (sorted[i].start < sorted[i - 1].start + sorted[i - 1].length) {
+      throw bad(
+        `remote regions 0x${sorted[i - 1].start.toString(16)} and 0x${sorted[i].start.toString(16)} overlap`,
+      );
+    }
+  }
+  const byOffset = [...list].sort((x, y) => x.offset - y.offset);
+  for (let i = 1; i < byOffset.length; i++) {
+    if (byOffset[i].offset < byOffset[i - 1].offset + byOffset[i - 1].length) {
+      throw bad(
+        `remote regions at source offsets ${byOffset[i - 1].offset} and ${
+          byOffset[i].offset
+        } overlap in the source`,
+      );
+    }
+  }
+  return list;
 }
 
 function checkCombination(src: PageSource, placement: Placement): void {
   const ok: Record<PageSource["kind"], Placement[]> = {
     bytes: ["copy", "move"],
     file: ["copy", "move"],
+    snapshot: ["copy"],
     zero: ["zeropage"],
     memfd: ["continue"],
     module: ["copy", "move"],
   };
-  if (!ok[src.kind]) throw invalid("FaultServer", `unknown source kind ${(src as { kind: string }).kind}`);
+  if (!ok[src.kind]) {
+    throw invalid(
+      "FaultServer",
+      `unknown source kind ${JSON.stringify((src as { kind: unknown }).kind)}; valid kinds: ${
+        SOURCE_KINDS.join(", ")
+      }`,
+    );
+  }
   if (!ok[src.kind].includes(placement)) {
     throw invalid(
       "FaultServer",
       `placement "${placement}" does not fit a ${src.kind} source; use ${ok[src.kind].join(" or ")}`,
     );
   }
-}
-
-/** A SharedArrayBuffer holding the bytes (the same one when already shared). */
-function sharedBytes(
-  data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer,
-): { data: SharedArrayBuffer; offset: number; length: number } {
-  if (data instanceof SharedArrayBuffer) return { data, offset: 0, length: data.byteLength };
-  if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
-    return { data: data.buffer, offset: data.byteOffset, length: data.byteLength };
-  }
-  const bytes = ArrayBuffer.isView(data)
-    ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
-    : new Uint8Array(data);
-  checkLength(bytes.byteLength);
-  const shared = alignedSharedBytes(bytes.byteLength); // page-aligned: the kernel copies faster
-  shared.set(bytes);
-  return { data: shared.buffer as SharedArrayBuffer, offset: shared.byteOffset, length: bytes.byteLength };
 }

@@ -27,11 +27,24 @@ export const STAT = {
   heapStart: 17,
   heapNow: 18,
   takeovers: 19,
+  /** Unused (the regions' current starts live in the region table). */
   base: 20,
   sampledFaults: 21,
+  /** Pages installed by the prefetcher. */
+  prefetched: 22,
+  /** Microseconds from the loop's start until the prefetch plan was installed (0 while running). */
+  prefetchUs: 23,
+  /** Pages placed as zeros (holes in every layer, removed pages, a zero source). */
+  zeroPages: 24,
+  /** Runs of pages recorded in the working-set buffer. */
+  recordRuns: 25,
+  /** Recorded runs dropped because the record buffer was full. */
+  recordDropped: 26,
+  /** Faults outside every served region (not resolved here). */
+  outside: 27,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 22;
+export const STAT_COUNT = 28;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {
@@ -76,13 +89,28 @@ export const PAGE = {
 /** How pages are placed. */
 export type Placement = "copy" | "move" | "continue" | "zeropage";
 
-/** What the Worker needs to know about the source. */
+/**
+ * What the Worker needs to know about the source. Two families: address sources (`bytes`,
+ * `address`, `layers`, `zero`: the kernel copies straight from an address in this process,
+ * or places zeros) and fill sources (`module`: something must produce the bytes first).
+ * `memfd` pages are already in the page cache and only mapped (CONTINUE).
+ */
 export type SourceInit =
   | { kind: "bytes"; data: SharedArrayBuffer; offset: number; length: number }
   | { kind: "address"; address: number; length: number }
+  | {
+    kind: "layers";
+    /** Base address of each layer's read-only mapping, bottom (the base file) first. */
+    addresses: number[];
+    /** One byte per page: 0 = a hole in every layer (zeros), k = layer k - 1 holds it (topmost wins). */
+    table: SharedArrayBuffer;
+  }
   | { kind: "zero" }
   | { kind: "memfd" }
   | { kind: "module"; url: string; options: unknown; length: number };
+
+/** Entries of the region table (Float64Array): start address, length in bytes, first page index. */
+export const REGION_WORDS = 3;
 
 /** What to do when the source fails for a page. */
 export interface ErrorPolicy {
@@ -98,10 +126,13 @@ export interface ServerInit {
   fd: number;
   /** eventfd that stops the loop. */
   stopFd: number;
-  /** Registered region. */
-  start: number;
-  /** Registered length. */
-  len: number;
+  /**
+   * The served regions (Float64Array of REGION_WORDS per region: start, length, first page).
+   * Page indices count in the source's pages: page p of the source is served at
+   * `start + (p - first) * pageSize` of the region holding it. The loop updates a start when
+   * mremap moves its region (REMAP), so a standby resumes at the current address.
+   */
+  regions: SharedArrayBuffer;
   /** Page size of the region. */
   pageSize: number;
   /** Placement strategy. */
@@ -126,12 +157,20 @@ export interface ServerInit {
   stagingLen: number;
   /** Address of `maxWindow` pages never written (read as zeros) to COPY zero pages from on hugetlb, else 0. */
   zeroArea: number;
+  /** Length of the zero area in bytes (0 without one). */
+  zeroLen: number;
   /** Statistics (Float64Array). */
   stats: SharedArrayBuffer;
   /** Control words (Int32Array). */
   ctrl: SharedArrayBuffer;
-  /** Per-page state (Uint8Array). */
+  /** Per-page state (Uint8Array), one byte per source page. */
   pages: SharedArrayBuffer;
+  /** Pages to install right after the start (Int32Array of page indices, in order), or undefined. */
+  prefetch: SharedArrayBuffer | undefined;
+  /** Largest run the prefetcher places with one ioctl, in pages. */
+  prefetchRun: number;
+  /** Record buffer (Int32Array of [first page, count] runs placed on demand, in order), or undefined. */
+  record: SharedArrayBuffer | undefined;
   /** Last error message (UTF-8). */
   error: SharedArrayBuffer;
 }

@@ -9,12 +9,14 @@ import { libc } from "../../ffi/mod.ts";
 import { ioctl, UFFD_EVENT } from "../abi.ts";
 import { ERRNO } from "../errors.ts";
 import { POLLIN } from "../eventfd.ts";
-import { CTRL, PAGE, type ServerInit, STAT, STATE } from "./layout.ts";
+import { CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
 
 const TWO32 = 4294967296;
 const EEXIST = ERRNO.EEXIST;
 const EAGAIN = ERRNO.EAGAIN;
 const EINTR = ERRNO.EINTR;
+/** UFFDIO_COPY_MODE_DONTWAKE, UFFDIO_ZEROPAGE_MODE_DONTWAKE: the prefetcher wakes once at the end. */
+const MODE_DONTWAKE = 1;
 /** placeCustom's result when the source failed after its retries (not an errno). */
 const SOURCE_FAILED = -0x10000;
 
@@ -30,14 +32,48 @@ export type FillFunction = (
  * source ended the previous thread no retry: nothing would survive another such end).
  */
 export async function serve(init: ServerInit, fill?: FillFunction, guarded = true): Promise<void> {
-  const { fd, stopFd, len, placement } = init;
+  const { fd, stopFd, placement } = init;
   const ps = init.pageSize;
-  const nPages = len / ps;
   const stats = new Float64Array(init.stats);
   const ctrl = new Int32Array(init.ctrl);
   const pages = new Uint8Array(init.pages);
+  const nPages = pages.length;
   const errorBuf = new Uint8Array(init.error);
-  let base = stats[STAT.base] || init.start; // a standby resumes where the region is now
+
+  // Regions: [start, length, first page] each; the start follows mremap (REMAP events), so a
+  // standby resumes where the region is now. Every placement works on the current region,
+  // chosen by regionOf(p): page p is at dbase + p * ps, and windows stay within [rLo, rHi).
+  const regions = new Float64Array(init.regions);
+  const nRegions = regions.length / REGION_WORDS;
+  let dbase = 0;
+  let rLo = 0;
+  let rHi = 0;
+
+  /** Makes the region holding page p current; false when no region holds it. */
+  function regionOf(p: number): boolean {
+    for (let r = 0; r < nRegions; r++) {
+      const first = regions[r * REGION_WORDS + 2];
+      const end = first + regions[r * REGION_WORDS + 1] / ps;
+      if (p >= first && p < end) {
+        rLo = first;
+        rHi = end;
+        dbase = regions[r * REGION_WORDS] - first * ps;
+        return true;
+      }
+    }
+    return false;
+  }
+
+  /** The page index of a fault address, or -1 outside every region. */
+  function pageAt(addr: number): number {
+    for (let r = 0; r < nRegions; r++) {
+      const start = regions[r * REGION_WORDS];
+      if (addr >= start && addr < start + regions[r * REGION_WORDS + 1]) {
+        return regions[r * REGION_WORDS + 2] + Math.floor((addr - start) / ps);
+      }
+    }
+    return -1;
+  }
 
   const pollfds = new Int32Array([fd, POLLIN, stopFd, POLLIN]);
   const revents = new Uint16Array(pollfds.buffer);
@@ -54,12 +90,18 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   const rw = new Uint32Array(4);
   const rb = new Uint8Array(rw.buffer);
 
-  // Source: an address the kernel copies from directly (held by `hold`).
+  // Source: an address the kernel copies from directly (held by `hold`), or layers: one
+  // address per layer and a page table naming the topmost layer that holds each page.
   const src = init.source;
   let srcBase = 0;
   let srcLen = 0;
   let srcView: Uint8Array | undefined; // held: the kernel reads through its address
-  if (src.kind === "bytes") {
+  let table: Uint8Array | undefined;
+  const layerAddr = new Float64Array(src.kind === "layers" ? src.addresses.length + 1 : 1);
+  if (src.kind === "layers") {
+    table = new Uint8Array(src.table);
+    for (let k = 0; k < src.addresses.length; k++) layerAddr[k + 1] = src.addresses[k];
+  } else if (src.kind === "bytes") {
     srcView = new Uint8Array(src.data, src.offset, src.length);
     srcBase = libc.addressOf(srcView);
     srcLen = src.length;
@@ -72,9 +114,14 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   }
   const staging = init.staging;
   const zeroArea = init.zeroArea;
+  const zeroPagesMax = init.zeroLen / ps;
   const FROM_SOURCE = 0;
   const FROM_STAGING = 1;
   const FROM_ZERO = 2;
+  /** FROM_LAYER + k: layer k of a layered source (k >= 1, as in the page table). */
+  const FROM_LAYER = 2;
+  /** Mode bits of the placement ioctls: DONTWAKE while the prefetcher installs pages. */
+  let mode = 0;
   const stagingView = init.stagingLen > 0 ? new Uint8Array(libc.view(staging, init.stagingLen)) : undefined;
   const stagingViews: Uint8Array[] = [];
 
@@ -102,9 +149,9 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     Atomics.store(ctrl, CTRL.errorLen, bytes.length);
   }
 
-  /** UFFDIO_WAKE of pages [a, a+n) (page indices). */
+  /** UFFDIO_WAKE of pages [a, a+n) (page indices, in the current region). */
   function wake(a: number, n: number): void {
-    put(rw, 0, base + a * ps);
+    put(rw, 0, dbase + a * ps);
     put(rw, 2, n * ps);
     libc.ioctl(fd, ioctl.UFFDIO_WAKE, rb);
     stats[STAT.wakes]++;
@@ -121,15 +168,25 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   /**
    * UFFDIO_COPY or UFFDIO_MOVE (same struct layout) of pages [a, a+n) from the source at
-   * the same offset (FROM_SOURCE), the staging area (FROM_STAGING), or the zero area
-   * (FROM_ZERO). Arguments are page indices and small codes; addresses are formed here, so
-   * no double crosses a call.
+   * the same offset (FROM_SOURCE), the staging area (FROM_STAGING), the zero area
+   * (FROM_ZERO), or layer k at the same offset (FROM_LAYER + k). Arguments are page indices
+   * and small codes; addresses are formed here, so no double crosses a call.
    */
   function placeFrom(req: number, a: number, n: number, from: number): number {
-    put(cpw, 0, base + a * ps);
-    put(cpw, 2, from === FROM_SOURCE ? srcBase + a * ps : from === FROM_STAGING ? staging : zeroArea);
+    put(cpw, 0, dbase + a * ps);
+    put(
+      cpw,
+      2,
+      from === FROM_SOURCE
+        ? srcBase + a * ps
+        : from === FROM_STAGING
+        ? staging
+        : from === FROM_ZERO
+        ? zeroArea
+        : layerAddr[from - FROM_LAYER] + a * ps,
+    );
     put(cpw, 4, n * ps);
-    cpw[6] = 0;
+    cpw[6] = mode;
     cpw[7] = 0;
     cpw[8] = 0;
     cpw[9] = 0;
@@ -138,9 +195,9 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   /** ZEROPAGE / CONTINUE / POISON of pages [a, a+n) (page indices). */
   function rangeOp(req: number, a: number, n: number): number {
-    put(zw, 0, base + a * ps);
+    put(zw, 0, dbase + a * ps);
     put(zw, 2, n * ps);
-    zw[4] = 0;
+    zw[4] = mode;
     zw[5] = 0;
     zw[6] = 0;
     zw[7] = 0;
@@ -152,9 +209,33 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
    * an area that is never written, so it reads as zeros.
    */
   function zeroFill(a: number, n: number): number {
-    return zeroArea === 0
+    const r = zeroArea === 0
       ? rangeOp(ioctl.UFFDIO_ZEROPAGE, a, n)
-      : placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_ZERO);
+      : placeFrom(ioctl.UFFDIO_COPY, a, Math.min(n, zeroPagesMax), FROM_ZERO);
+    if (r > 0) stats[STAT.zeroPages] += r / ps;
+    return r;
+  }
+
+  /**
+   * Places pages [a, a+n) of a layered source: each run of pages from the same layer with one
+   * COPY from that layer's mapping (the kernel copies from the page cache), each run of holes
+   * with zeros. Bytes done (a partial count stops at the first short run) or -errno.
+   */
+  function placeLayers(a: number, n: number): number {
+    const t = table!;
+    const end = a + n;
+    let done = 0;
+    for (let i = a; i < end;) {
+      const l = t[i];
+      let j = i + 1;
+      while (j < end && t[j] === l) j++;
+      const r = l === 0 ? zeroFill(i, j - i) : placeFrom(ioctl.UFFDIO_COPY, i, j - i, FROM_LAYER + l);
+      if (r <= 0) return done > 0 ? done : r;
+      done += r;
+      if (r < (j - i) * ps) return done;
+      i = j;
+    }
+    return done;
   }
 
   function stagingFor(n: number): Uint8Array {
@@ -169,6 +250,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       case "continue":
         return rangeOp(ioctl.UFFDIO_CONTINUE, a, n);
       case "copy":
+        if (table) return placeLayers(a, n);
         // The kernel copies straight from the source, unless the last page reaches past it.
         if ((a + n) * ps <= srcLen) return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_SOURCE);
         stage(a, n);
@@ -206,7 +288,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
         }
         if (!from) return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_STAGING);
         // A returned buffer: the kernel copies from it directly.
-        put(cpw, 0, base + a * ps);
+        put(cpw, 0, dbase + a * ps);
         put(cpw, 2, libc.addressOf(from));
         put(cpw, 4, n * ps);
         cpw.fill(0, 6);
@@ -230,13 +312,13 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     let a: number;
     let b: number;
     if (ra.mode === "fixed") {
-      a = p - (p % minW);
-      b = Math.min(a + minW, nPages);
+      a = Math.max(rLo, p - (p % minW));
+      b = Math.min(a + minW, rHi);
     } else {
       window = p === lastEnd ? Math.min(window * 2, maxW) : minW;
       stats[STAT.window] = window;
       a = p;
-      b = Math.min(p + window, nPages);
+      b = Math.min(p + window, rHi);
     }
     let lo = p;
     while (lo > a && pages[lo - 1] === PAGE.empty) lo--;
@@ -249,6 +331,24 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   function mark(a: number, n: number, state: number): void {
     pages.fill(state, a, a + n);
+  }
+
+  // Working-set record: runs [first page, count] placed on demand, in first-touch order
+  // (a fault's whole window: the pages it installed), coalesced when contiguous.
+  const rec = init.record ? new Int32Array(init.record) : undefined;
+  const recCap = rec ? rec.length >> 1 : 0;
+  function record(a: number, n: number): void {
+    if (rec === undefined) return;
+    const k = stats[STAT.recordRuns];
+    if (k > 0 && rec[2 * k - 2] + rec[2 * k - 1] === a) {
+      rec[2 * k - 1] += n;
+    } else if (k < recCap) {
+      rec[2 * k] = a;
+      rec[2 * k + 1] = n;
+      stats[STAT.recordRuns] = k + 1;
+    } else {
+      stats[STAT.recordDropped] += n;
+    }
   }
 
   function fail(p: number): void {
@@ -303,6 +403,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       mark(a, done, PAGE.placed);
       stats[STAT.pages] += done;
       stats[STAT.bytes] += r;
+      record(a, done);
       if (a + done > p) return DONE;
       // A partial copy stopped before the faulting page (a present page, or the address space
       // changing): place the faulting page alone now; finishSingle defers it on EAGAIN.
@@ -336,6 +437,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       pages[p] = PAGE.placed;
       stats[STAT.pages]++;
       stats[STAT.bytes] += r;
+      record(p, 1);
     } else if (r === -EEXIST) {
       pages[p] = PAGE.placed;
       wake(p, 1);
@@ -353,6 +455,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
 
   /** Resolves a fault on page p with a synchronous placement; false: retry after events. */
   function resolveSync(p: number): boolean {
+    if (!regionOf(p)) return true;
     const w = begin(p);
     if (w !== PLACE) return w === HANDLED;
     const a = winA;
@@ -369,6 +472,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
    * for p (see resolveCrashed).
    */
   async function resolveCustom(p: number): Promise<boolean> {
+    if (!regionOf(p)) return true;
     const w = begin(p);
     if (w !== PLACE) return w === HANDLED;
     const a = winA;
@@ -396,7 +500,7 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     const p = Atomics.load(ctrl, CTRL.filling) - 1;
     if (p < 0) return;
     const crashes = Atomics.add(ctrl, CTRL.crashes, 1) + 1;
-    if (p >= nPages || pages[p] !== PAGE.empty) {
+    if (p >= nPages || pages[p] !== PAGE.empty || !regionOf(p)) {
       Atomics.store(ctrl, CTRL.filling, 0);
       return;
     }
@@ -445,25 +549,48 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     const code = msg[i * 32];
     if (code === UFFD_EVENT.PAGEFAULT) {
       if ((++stats[STAT.faults] & 0xffff) === 0 && mem) stats[STAT.heapNow] = mem().heapUsed;
-      const p = Math.floor((mw[w + 5] * TWO32 + mw[w + 4] - base) / ps);
-      return p >= 0 && p < nPages ? p : -1;
+      const p = pageAt(mw[w + 5] * TWO32 + mw[w + 4]);
+      if (p < 0) stats[STAT.outside]++;
+      return p;
     }
     stats[STAT.events]++;
     const x = mw[w + 3] * TWO32 + mw[w + 2];
     const y = mw[w + 5] * TWO32 + mw[w + 4];
     if (code === UFFD_EVENT.REMOVE || code === UFFD_EVENT.UNMAP) {
-      const s = Math.max(0, Math.floor((x - base) / ps));
-      const e = Math.min(nPages, Math.ceil((y - base) / ps));
-      const to = code === UFFD_EVENT.UNMAP ? PAGE.gone : init.onRemove === "zero" ? PAGE.removed : PAGE.empty;
-      for (let k = s; k < e; k++) {
-        if (to === PAGE.gone || pages[k] === PAGE.placed) pages[k] = to;
+      for (let r = 0; r < nRegions; r++) {
+        const start = regions[r * REGION_WORDS];
+        const first = regions[r * REGION_WORDS + 2];
+        const n = regions[r * REGION_WORDS + 1] / ps;
+        const s = Math.max(0, Math.floor((x - start) / ps));
+        const e = Math.min(n, Math.ceil((y - start) / ps));
+        if (e <= s) continue;
+        dropped(first + s, first + e, code);
       }
-      if (code === UFFD_EVENT.REMOVE) stats[STAT.removed] += Math.max(0, e - s);
-    } else if (code === UFFD_EVENT.REMAP && x === base) {
-      base = y; // the region moved; serve it at its new address
-      stats[STAT.base] = base;
+    } else if (code === UFFD_EVENT.REMAP) {
+      // A region moved: serve it at its new address.
+      for (let r = 0; r < nRegions; r++) {
+        if (regions[r * REGION_WORDS] === x) regions[r * REGION_WORDS] = y;
+      }
     }
     return -1;
+  }
+
+  /**
+   * Pages [s, e) were dropped by madvise (REMOVE) or unmapped (UNMAP). Dropped pages read as
+   * zeros afterwards, as madvise promises (never the source's bytes again, placed or not),
+   * unless the caller chose `onRemove: "source"`; unmapped ones are never served again.
+   */
+  function dropped(s: number, e: number, code: number): void {
+    if (code === UFFD_EVENT.UNMAP) {
+      pages.fill(PAGE.gone, s, e);
+      return;
+    }
+    stats[STAT.removed] += e - s;
+    const zero = init.onRemove === "zero";
+    for (let k = s; k < e; k++) {
+      const st = pages[k];
+      if (st === PAGE.placed || (zero && st === PAGE.empty)) pages[k] = zero ? PAGE.removed : PAGE.empty;
+    }
   }
 
   /** Reads and handles one batch; returns false when there was nothing to read. */
@@ -500,6 +627,66 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process?.memoryUsage;
   stats[STAT.heapStart] = stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
 
+  // The prefetcher: installs a plan of pages (a recorded working set) right after the start, in
+  // coalesced runs of up to `prefetchRun` pages placed with DONTWAKE, one poll(0) between runs so
+  // demand faults go first, and one WAKE per region at the end. A page already placed (by a
+  // demand fault) is skipped; a fault on a page the prefetcher placed meanwhile finds it placed
+  // and is woken by begin(). Only address sources prefetch (checked by the FaultServer).
+  const plan = init.prefetch ? new Int32Array(init.prefetch) : undefined;
+  const planLen = plan?.length ?? 0;
+  const planRun = Math.max(1, init.prefetchRun);
+  let planNext = 0;
+  let planAgain = 0;
+  let prefetching = planLen > 0;
+  const planStart = performance.now();
+
+  /** Installs the next run of the plan; false once the plan is done. */
+  function prefetchStep(): boolean {
+    const t = plan!;
+    while (
+      planNext < planLen && (t[planNext] < 0 || t[planNext] >= nPages || pages[t[planNext]] !== PAGE.empty)
+    ) {
+      planNext++;
+    }
+    if (planNext >= planLen || !regionOf(t[planNext])) {
+      if (planNext < planLen) {
+        planNext++;
+        return true;
+      }
+      for (let r = 0; r < nRegions; r++) {
+        regionOf(regions[r * REGION_WORDS + 2]);
+        wake(rLo, rHi - rLo);
+      }
+      stats[STAT.prefetchUs] = Math.max(1, (performance.now() - planStart) * 1000);
+      return false;
+    }
+    const a = t[planNext];
+    let n = 1;
+    while (
+      n < planRun && planNext + n < planLen && t[planNext + n] === a + n && a + n < rHi &&
+      pages[a + n] === PAGE.empty
+    ) n++;
+    mode = MODE_DONTWAKE;
+    const r = placeSync(a, n);
+    mode = 0;
+    if (r > 0) {
+      const done = r / ps;
+      mark(a, done, PAGE.placed);
+      stats[STAT.pages] += done;
+      stats[STAT.bytes] += r;
+      stats[STAT.prefetched] += done;
+      planNext += done;
+      planAgain = 0;
+    } else if (r === -EAGAIN && ++planAgain < 1000) {
+      stats[STAT.eagain]++; // events are pending: the loop reads them, then this run is tried again
+    } else {
+      if (r === -EEXIST) pages[a] = PAGE.placed; // present already (placed behind the server's back)
+      planNext++; // otherwise (the mapping went away): a demand fault, if any, resolves it
+      planAgain = 0;
+    }
+    return true;
+  }
+
   resolveCrashed();
   Atomics.store(ctrl, CTRL.state, STATE.running);
   Atomics.notify(ctrl, CTRL.state);
@@ -509,14 +696,21 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       revents[3] = 0;
       revents[7] = 0;
       let ready = 0;
-      if (spinMs > 0 && nDeferred === 0) {
+      if (prefetching) {
+        ready = libc.poll(pollfds, 2, 0);
+        if (ready === 0) {
+          if (nDeferred > 0) retryDeferred();
+          prefetching = prefetchStep();
+          continue;
+        }
+      } else if (spinMs > 0 && nDeferred === 0) {
         const until = performance.now() + spinMs;
         do {
           ready = libc.poll(pollfds, 2, 0);
         } while (ready === 0 && performance.now() < until);
         if (ready > 0) stats[STAT.spinHits]++;
       }
-      if (ready === 0) ready = libc.poll(pollfds, 2, nDeferred > 0 ? 1 : -1);
+      if (ready === 0 && !prefetching) ready = libc.poll(pollfds, 2, nDeferred > 0 ? 1 : -1);
       if (ready < 0) {
         if (libc.errno() === EINTR) continue;
         throw new Error(`poll failed: errno ${libc.errno()}`);

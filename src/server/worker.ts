@@ -18,7 +18,7 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { type FillFunction, serve } from "./loop.ts";
-import { CTRL, type ServerInit, STAT, STATE } from "./layout.ts";
+import { CTRL, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
 import { libc } from "../../ffi/mod.ts";
 import { ioctl } from "../abi.ts";
 import { POLLIN } from "../eventfd.ts";
@@ -102,14 +102,18 @@ async function takeOver(): Promise<void> {
   }
   const guarded = Atomics.load(ctrl, CTRL.watching) !== watching;
   const fill = await loadSource();
-  // Faults the dead thread read but never resolved: wake them so they fault again.
-  const start = stats[STAT.base] || init.start;
+  // Faults the dead thread read but never resolved: wake every region so they fault again.
+  const regions = new Float64Array(init.regions);
   const range = new Uint32Array(4);
-  range[0] = start % 4294967296;
-  range[1] = Math.floor(start / 4294967296);
-  range[2] = init.len % 4294967296;
-  range[3] = Math.floor(init.len / 4294967296);
-  libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
+  for (let r = 0; r < regions.length; r += REGION_WORDS) {
+    const start = regions[r];
+    const len = regions[r + 1];
+    range[0] = start % 4294967296;
+    range[1] = Math.floor(start / 4294967296);
+    range[2] = len % 4294967296;
+    range[3] = Math.floor(len / 4294967296);
+    libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
+  }
   await serve(init, fill, guarded);
   post({ type: "stopped" });
 }

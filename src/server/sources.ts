@@ -1,0 +1,238 @@
+/**
+ * Page sources: what the caller names in {@link PageSource}, turned into what the serving
+ * Worker needs ({@link SourceInit}). Two families cover every source:
+ *
+ * - address sources (`bytes`, `file`, `snapshot`, `zero`): the kernel copies straight from an
+ *   address in this process (a SharedArrayBuffer, a read-only mapping of a file or of each
+ *   layer of a snapshot), or places zeros. A layered snapshot is an address source whose
+ *   address depends on the page: a one-byte-per-page table, built once from the files' data
+ *   extents (SEEK_DATA/SEEK_HOLE), names the topmost layer holding each page.
+ * - fill sources (`module`): code must produce the bytes first (a module's `fill`).
+ *
+ * `memfd` is neither: its pages are already in the page cache and are only mapped (CONTINUE).
+ * @module
+ */
+import { libc } from "../../ffi/mod.ts";
+import { invalid, UffdError } from "../errors.ts";
+import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
+import type { SourceInit } from "./layout.ts";
+
+/**
+ * Where pages come from.
+ * - `bytes`: a buffer; a SharedArrayBuffer (or a view on one) is read in place, any other
+ *   buffer is copied once into page-aligned shared memory. For the fastest COPY give a
+ *   page-aligned view ({@link alignedSharedBytes}): Deno's SharedArrayBuffers are not.
+ * - `file`: a file (`path`) mapped read-only; the kernel copies straight from the page cache.
+ * - `snapshot`: a memory file (`path`, Firecracker's raw layout: page `i` at offset `i * pageSize`)
+ *   and diff layers on top of it (`layers`, bottom first: sparse files of the same layout where
+ *   written pages hold data and clean pages are holes). A page comes from the topmost layer whose
+ *   file has data there; a page that is a hole in every file is a zero page. No merge step.
+ * - `zero`: zero pages (UFFDIO_ZEROPAGE), `length` bytes.
+ * - `memfd`: a memfd {@link Mapping} (shmem or hugetlb) whose pages are populated out of band
+ *   (through it or an alias); the server maps the same pages and resolves minor faults with
+ *   UFFDIO_CONTINUE.
+ * - `module`: a module URL exporting `fill(offset, dest)` (sync or async) that fills `dest`
+ *   with the bytes at `offset` or returns a Uint8Array holding them; optional `init(options)`.
+ */
+export type PageSource =
+  | { kind: "bytes"; data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer }
+  | { kind: "file"; path: string }
+  | { kind: "snapshot"; path: string; layers?: string[] }
+  | { kind: "zero"; length: number }
+  | { kind: "memfd"; mapping: Mapping }
+  | { kind: "module"; url: string | URL; length: number; options?: unknown };
+
+/** The source kinds, for messages. */
+export const SOURCE_KINDS: readonly PageSource["kind"][] = [
+  "bytes",
+  "file",
+  "snapshot",
+  "zero",
+  "memfd",
+  "module",
+];
+
+/** Whether the kernel copies the source's pages straight from an address (prefetch works). */
+export function isAddressSource(src: PageSource): boolean {
+  return src.kind === "bytes" || src.kind === "file" || src.kind === "snapshot" || src.kind === "zero";
+}
+
+/** A source opened for serving: what the Worker gets, the source's length, what to keep alive. */
+export interface OpenedSource {
+  /** For the Worker. */
+  init: (pages: number, pageSize: number) => SourceInit;
+  /** Bytes of the source (the memory file's length for a snapshot). */
+  length: number;
+  /** Mappings to unmap at close. */
+  owned: Mapping[];
+  /** Buffers whose addresses the kernel reads: keep them referenced. */
+  hold: unknown[];
+}
+
+/** Opens a source: maps files, copies a non-shared buffer, checks lengths. */
+export function openSource(src: PageSource): OpenedSource {
+  switch (src.kind) {
+    case "bytes": {
+      const { data, offset, length } = sharedBytes(src.data);
+      return { init: () => ({ kind: "bytes", data, offset, length }), length, owned: [], hold: [data] };
+    }
+    case "file": {
+      const m = openFile("FaultServer", src.path);
+      return {
+        init: () => ({ kind: "address", address: m.start, length: m.length }),
+        length: m.length,
+        owned: [m],
+        hold: [],
+      };
+    }
+    case "snapshot":
+      return openSnapshot(src.path, src.layers ?? []);
+    case "zero":
+      checkLength(src.length);
+      return { init: () => ({ kind: "zero" }), length: src.length, owned: [], hold: [] };
+    case "memfd":
+      if ((src.mapping.kind !== "shmem" && src.mapping.kind !== "hugetlb") || src.mapping.fd < 0) {
+        throw invalid("FaultServer", "a memfd source needs a Mapping.memfd() mapping (shmem or hugetlb)");
+      }
+      return { init: () => ({ kind: "memfd" }), length: src.mapping.length, owned: [], hold: [] };
+    case "module": {
+      checkLength(src.length);
+      const url = String(src.url);
+      return {
+        init: () => ({ kind: "module", url, options: src.options, length: src.length }),
+        length: src.length,
+        owned: [],
+        hold: [],
+      };
+    }
+  }
+}
+
+/** A read-only mapping of a file, with an error naming the path. */
+function openFile(op: string, path: string): Mapping {
+  if (typeof path !== "string" || path === "") {
+    throw invalid(op, `a file source needs a path string (got ${JSON.stringify(path)})`);
+  }
+  try {
+    return Mapping.file(path);
+  } catch (e) {
+    if (e instanceof UffdError) {
+      throw new UffdError(op, e.errno, { detail: `cannot map ${path}: ${e.message}` });
+    }
+    throw e;
+  }
+}
+
+const SEEK_DATA = 3;
+const SEEK_HOLE = 4;
+const ENXIO = 6;
+
+/**
+ * The data extents of an open file, as [start, end) byte ranges, found with SEEK_DATA and
+ * SEEK_HOLE (a file system without hole support reports the whole file as data).
+ */
+export function dataExtents(fd: number, length: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (let off = 0; off < length;) {
+    const data = libc.syscall(8, /* lseek */ fd, off, SEEK_DATA);
+    if (data < 0) {
+      if (libc.errno() === ENXIO) break; // no data after off
+      throw new UffdError("lseek", libc.errno(), { detail: "SEEK_DATA" });
+    }
+    if (data >= length) break;
+    let hole = libc.syscall(8, fd, data, SEEK_HOLE);
+    if (hole < 0) hole = length;
+    out.push([data, Math.min(hole, length)]);
+    off = hole;
+  }
+  return out;
+}
+
+function openSnapshot(path: string, layers: string[]): OpenedSource {
+  if (!Array.isArray(layers) || layers.some((l) => typeof l !== "string")) {
+    throw invalid("FaultServer", "snapshot layers must be an array of file paths, bottom first");
+  }
+  if (layers.length > 254) throw invalid("FaultServer", `at most 254 layers (got ${layers.length})`);
+  const owned: Mapping[] = [];
+  try {
+    const files = [path, ...layers].map((p) => {
+      const m = openFile("FaultServer", p);
+      owned.push(m);
+      return { path: p, mapping: m, length: fileLength(m.fd) };
+    });
+    const length = files[0].length;
+    for (const f of files.slice(1)) {
+      if (f.length > length) {
+        throw invalid(
+          "FaultServer",
+          `layer ${f.path} holds ${f.length} bytes, more than the memory file ${path} (${length}): ` +
+            "a diff layer has the layout of the memory file it sits on",
+        );
+      }
+    }
+    const extents = files.map((f) => dataExtents(f.mapping.fd, f.length));
+    return {
+      length,
+      owned,
+      hold: [],
+      init: (pages, ps) => {
+        // One byte per page: the topmost layer with data anywhere in the page (files[k] is k + 1).
+        const table = new Uint8Array(new SharedArrayBuffer(pages));
+        for (let k = 0; k < files.length; k++) {
+          for (const [s, e] of extents[k]) {
+            table.fill(k + 1, Math.floor(s / ps), Math.min(pages, Math.ceil(e / ps)));
+          }
+        }
+        for (const f of files) {
+          if (ps > systemPageSize && f.length % ps !== 0) {
+            throw invalid(
+              "FaultServer",
+              `${f.path} holds ${f.length} bytes, not a whole number of ${ps}-byte pages`,
+            );
+          }
+        }
+        return { kind: "layers", addresses: files.map((f) => f.mapping.start), table: table.buffer };
+      },
+    };
+  } catch (e) {
+    for (const m of owned) m.close();
+    throw e;
+  }
+}
+
+/** A file's length (lseek to the end). */
+export function fileLength(fd: number): number {
+  const n = libc.syscall(8, fd, 0, 2 /* SEEK_END */);
+  if (n < 0) throw new UffdError("lseek", libc.errno());
+  return n;
+}
+
+/** Throws unless `n` is a positive safe integer. */
+export function checkLength(n: number): void {
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw invalid("FaultServer", `length must be a positive integer (got ${n})`);
+  }
+}
+
+/** A SharedArrayBuffer holding the bytes (the same one when already shared). */
+function sharedBytes(
+  data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer,
+): { data: SharedArrayBuffer; offset: number; length: number } {
+  if (data instanceof SharedArrayBuffer) return { data, offset: 0, length: data.byteLength };
+  if (ArrayBuffer.isView(data) && data.buffer instanceof SharedArrayBuffer) {
+    return { data: data.buffer, offset: data.byteOffset, length: data.byteLength };
+  }
+  if (!ArrayBuffer.isView(data) && !(data instanceof ArrayBuffer)) {
+    throw invalid(
+      "FaultServer",
+      "a bytes source needs data: a SharedArrayBuffer, an ArrayBuffer or a typed array",
+    );
+  }
+  const bytes = ArrayBuffer.isView(data)
+    ? new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+    : new Uint8Array(data);
+  checkLength(bytes.byteLength);
+  const shared = alignedSharedBytes(bytes.byteLength); // page-aligned: the kernel copies faster
+  shared.set(bytes);
+  return { data: shared.buffer as SharedArrayBuffer, offset: shared.byteOffset, length: bytes.byteLength };
+}
