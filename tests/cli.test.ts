@@ -4,8 +4,8 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync } from "node:fs";
+import process from "node:process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
@@ -20,6 +20,7 @@ import { Userfaultfd } from "../mod.ts";
 import { readTextFile } from "../src/memory.ts";
 import { libc } from "../ffi/mod.ts";
 import { runChild } from "./helpers/child.ts";
+import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
 
 const CLI = fileURLToPath(new URL("../cli.ts", import.meta.url));
 const T = { timeout: 30000 };
@@ -246,6 +247,23 @@ describe("uffd CLI as a child process", () => {
     assert.match(badOpt.stderr, /unknown option --yaml/);
   });
 
+  it(
+    "features needs no permission but --allow-ffi under Deno (all its reads go through libc)",
+    { ...T, skip: libc.runtime === "deno" ? false : "Bun has no permission flags" },
+    () => {
+      for (const args of [["features"], ["features", "--json"]]) {
+        const r = spawnSync(process.execPath, ["run", "--allow-ffi", CLI, ...args], {
+          encoding: "utf8",
+          timeout: 25000,
+          killSignal: "SIGKILL",
+        });
+        assert.equal(r.status, 0, r.stderr);
+        assert.equal(r.stderr, "", "no permission prompt or warning");
+        assert.match(r.stdout, args.length === 1 ? /^uffd features/ : /^\{/);
+      }
+    },
+  );
+
   // The real failure paths: as nobody, with vm.unprivileged_userfaultfd = 0 and a
   // root-only /dev/userfaultfd, only the user-mode-only syscall works.
   const here = featuresReport();
@@ -253,42 +271,42 @@ describe("uffd CLI as a child process", () => {
     ? "needs root (to drop to nobody)"
     : !existsSync("/usr/bin/setpriv")
     ? "needs setpriv"
+    : !worldSearchableTmp()
+    ? "needs a temporary directory every user can reach (for a copy of the module tree)"
     : here.unprivilegedUserfaultfd !== 0
     ? "needs vm.unprivileged_userfaultfd = 0"
     : !here.device.exists || here.device.permissions !== "600" || here.device.uid !== 0
     ? "needs a root-only /dev/userfaultfd"
     : false;
   it("explains the failures of an unprivileged user (real, via setpriv)", { ...T, skip: unprivSkip }, () => {
-    const home = mkdtempSync(join(tmpdir(), "uffd-cli-"));
-    try {
-      chmodSync(home, 0o777);
-      const [cmd, ...argv] = libc.scriptCommand(CLI, ["features", "--json"]);
-      const r = spawnSync(
-        "/usr/bin/setpriv",
-        ["--reuid=65534", "--regid=65534", "--clear-groups", cmd, ...argv],
-        {
-          encoding: "utf8",
-          timeout: 25000,
-          killSignal: "SIGKILL",
-          env: { PATH: "/usr/bin:/bin", HOME: home, DENO_DIR: join(home, "deno") },
-        },
-      );
-      assert.equal(r.status, 0, r.stderr);
-      const report = JSON.parse(r.stdout) as FeaturesReport;
-      assert.equal(report.process.uid, 65534);
-      assert.equal(report.process.capSysPtrace, false);
-      assert.deepEqual(
-        report.open.map((a) => a.ok ? "ok" : a.code),
-        ["EPERM", "ok", "EACCES", "EACCES"],
-      );
-      assert.match(report.open[0].hint ?? "", /vm\.unprivileged_userfaultfd/);
-      assert.ok(report.defaultOpenWorks);
-      assert.equal(report.advice.length, 3, report.advice.join("\n"));
-      assert.match(report.advice[1], /vm\.unprivileged_userfaultfd is 0/);
-      assert.match(report.advice[2], /\/dev\/userfaultfd is crw------- owned by uid 0 gid 0/);
-      assert.deepEqual(report.support?.features, here.support?.features);
-    } finally {
-      rmSync(home, { recursive: true, force: true });
-    }
+    // uid 65534 can read nothing of a checkout in root's 0700 home or under a `mktemp -d`
+    // folder, nor run a runtime installed there: it runs a world-readable copy of the tree.
+    using tree = worldReadableTree();
+    const [cmd, ...argv] = tree.command("cli.ts", ["features", "--json"]);
+    const r = spawnSync(
+      "/usr/bin/setpriv",
+      ["--reuid=65534", "--regid=65534", "--clear-groups", cmd, ...argv],
+      {
+        encoding: "utf8",
+        cwd: tree.dir,
+        timeout: 25000,
+        killSignal: "SIGKILL",
+        env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
+      },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const report = JSON.parse(r.stdout) as FeaturesReport;
+    assert.equal(report.process.uid, 65534);
+    assert.equal(report.process.capSysPtrace, false);
+    assert.deepEqual(
+      report.open.map((a) => a.ok ? "ok" : a.code),
+      ["EPERM", "ok", "EACCES", "EACCES"],
+    );
+    assert.match(report.open[0].hint ?? "", /vm\.unprivileged_userfaultfd/);
+    assert.ok(report.defaultOpenWorks);
+    assert.equal(report.advice.length, 3, report.advice.join("\n"));
+    assert.match(report.advice[1], /vm\.unprivileged_userfaultfd is 0/);
+    assert.match(report.advice[2], /\/dev\/userfaultfd is crw------- owned by uid 0 gid 0/);
+    assert.deepEqual(report.support?.features, here.support?.features);
   });
 });

@@ -1,0 +1,116 @@
+// A copy of the module tree (and of the runtime's binary) in a world-readable temporary
+// folder, for children that run as another user (setpriv --reuid=65534). Such a child can
+// read nothing under a checkout that lives in root's 0700 home or under a `mktemp -d`
+// folder, and cannot execute a runtime installed in that checkout's node_modules either.
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import process from "node:process";
+import { fileURLToPath } from "node:url";
+import { libc } from "../../ffi/mod.ts";
+
+const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+/** What a child needs to import mod.ts or run cli.ts (`cli/` once it exists). */
+const TREE = ["mod.ts", "cli.ts", "cli", "src", "ffi", "deno.json", "package.json"];
+
+/** Whether every directory from `/` down to `dir` can be searched by any user (o+x). */
+function searchableByAll(dir: string): boolean {
+  for (let d = resolve(dir);; d = dirname(d)) {
+    try {
+      if ((statSync(d).mode & 0o001) === 0) return false;
+    } catch {
+      return false;
+    }
+    if (d === dirname(d)) return true;
+  }
+}
+
+/** A temporary directory every user can reach, or undefined (then the caller skips). */
+export function worldSearchableTmp(): string | undefined {
+  return [tmpdir(), "/tmp", "/var/tmp", "/dev/shm"].find((d) => existsSync(d) && searchableByAll(d));
+}
+
+/** Sets 0755 on directories and 0644 on files below `dir` (a clone made under umask 077 has 0600 files). */
+function openUp(dir: string): void {
+  chmodSync(dir, 0o755);
+  for (const e of readdirSync(dir, { withFileTypes: true })) {
+    const p = join(dir, e.name);
+    if (e.isDirectory()) openUp(p);
+    else if (e.isFile()) chmodSync(p, 0o644);
+  }
+}
+
+/** A world-readable copy of the module tree; dispose it to delete it. */
+export interface PortableTree {
+  /** The folder (mode 0755, in a world-searchable temporary directory). */
+  readonly dir: string;
+  /** The runtime's binary, reachable and executable by any user. */
+  readonly runtime: string;
+  /** A writable home for the child (mode 0777), e.g. for HOME and DENO_DIR. */
+  readonly home: string;
+  /** The copy of `rel` (a path relative to the repository root). */
+  path(rel: string): string;
+  /** `[runtime, ...args]` running the copy of `script` the way {@link libc.scriptCommand} runs it. */
+  command(script: string, args?: string[]): string[];
+  /** Deletes the folder. */
+  [Symbol.dispose](): void;
+}
+
+/** Copies mod.ts, cli.ts, src/, ffi/, deno.json, package.json and the runtime's binary. */
+export function worldReadableTree(): PortableTree {
+  const base = worldSearchableTmp();
+  if (!base) throw new Error("no temporary directory is searchable by every user");
+  const dir = mkdtempSync(join(base, "uffd-tree-"));
+  try {
+    for (const rel of TREE) {
+      const from = join(ROOT, rel);
+      if (existsSync(from)) cpSync(from, join(dir, rel), { recursive: true });
+    }
+    openUp(dir);
+    // The runtime: a hard link when the binary is already executable by all (same file system,
+    // no 100 MB copy), else a copy.
+    mkdirSync(join(dir, "bin"), { mode: 0o755 });
+    const runtime = join(dir, "bin", basename(process.execPath));
+    let linked = false;
+    if ((statSync(process.execPath).mode & 0o005) === 0o005) {
+      try {
+        linkSync(process.execPath, runtime);
+        linked = true;
+      } catch {
+        // another file system, or protected_hardlinks: copy instead
+      }
+    }
+    if (!linked) {
+      copyFileSync(process.execPath, runtime);
+      chmodSync(runtime, 0o755);
+    }
+    const home = join(dir, "home");
+    mkdirSync(home);
+    chmodSync(home, 0o777);
+    return {
+      dir,
+      runtime,
+      home,
+      path: (rel) => join(dir, rel),
+      command: (script, args = []) => {
+        const [, ...rest] = libc.scriptCommand(join(dir, script), args);
+        return [runtime, ...rest];
+      },
+      [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }),
+    };
+  } catch (e) {
+    rmSync(dir, { recursive: true, force: true });
+    throw e;
+  }
+}
