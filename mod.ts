@@ -92,3 +92,28 @@ export {
   workingSetPages,
 } from "./src/server/working_set.ts";
 export { recvFd, sendFd, socketPair } from "./src/fdpass.ts";
+export {
+  connectUnix,
+  hungUp,
+  peerCredentials,
+  type ReceivedMessage,
+  recvMessage,
+  sendMessage,
+  UnixListener,
+  waitReadable,
+  waitReadableAsync,
+  watchHangUp,
+} from "./src/unix.ts";
+export {
+  FIRECRACKER_PAGE_SIZES,
+  FirecrackerListener,
+  type FirecrackerRegion,
+  type FirecrackerServeOptions,
+  FirecrackerSession,
+  type FirecrackerSummary,
+  type Handshake,
+  MAX_HANDSHAKE_FDS,
+  parseRegions,
+  readHandshake,
+} from "./src/firecracker.ts";
+export { type RebaseResult, rebaseSnapshot } from "./src/rebase.ts";

@@ -362,7 +362,7 @@ export class FaultServer {
       };
       if (init.source.kind === "layers") this.#hold.push(init.source.table);
     } catch (e) {
-      this.#release();
+      this.#release(remote === undefined); // a remote descriptor stays the caller's when nothing started
       throw e;
     }
     let readyResolve!: () => void;
@@ -593,8 +593,8 @@ export class FaultServer {
     }
   }
 
-  #release(): void {
-    this.uffd?.close();
+  #release(closeUffd = true): void {
+    if (closeUffd) this.uffd?.close();
     for (const m of this.#owned) m.close();
     this.#stop.close();
   }
