@@ -5,7 +5,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { mm } from "./abi.ts";
-import { invalid, UffdError } from "./errors.ts";
+import { ERRNO, invalid, UffdError } from "./errors.ts";
 
 const _SC_PAGESIZE = 30;
 
@@ -145,6 +145,30 @@ export function checkRange(
   return m;
 }
 
+/** A short description of a value for an error message: its type, and the value when short. */
+export function describeValue(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return `an array (${JSON.stringify(v).slice(0, 60)})`;
+  switch (typeof v) {
+    case "string":
+      return `the string ${JSON.stringify(v.length > 60 ? v.slice(0, 57) + "..." : v)}`;
+    case "number":
+    case "boolean":
+    case "bigint":
+      return `${typeof v} ${String(v)}${typeof v === "bigint" ? "n" : ""}`;
+    case "undefined":
+      return "undefined";
+    case "function":
+      return "a function";
+    case "symbol":
+      return "a symbol";
+    default: {
+      const name = (v as object).constructor?.name;
+      return name && name !== "Object" ? `a ${name}` : "an object";
+    }
+  }
+}
+
 function fail(op: string): never {
   throw new UffdError(op, libc.errno());
 }
@@ -269,21 +293,38 @@ export class Mapping {
     return new Mapping(a, length, huge ? "hugetlb" : "shmem", ps, fd, true, true);
   }
 
-  /** A read-only private mapping of a file (the kernel can copy straight from it). */
+  /**
+   * A read-only private mapping of the file at `path` (the kernel can copy straight from it),
+   * `length` bytes (default: the file's size) rounded up to whole pages. Errors name the path
+   * (`op` is `open <path>` or `mmap <path>`) and give open(2)'s or mmap(2)'s reason.
+   */
   static file(path: string, length?: number): Mapping {
+    if (typeof path !== "string" || path === "") {
+      throw invalid("open", `path must be a non-empty string (got ${describeValue(path)})`);
+    }
+    if (length !== undefined && (!Number.isSafeInteger(length) || length <= 0)) {
+      throw invalid(`mmap ${path}`, `length must be a positive integer (got ${describeValue(length)})`);
+    }
     const fd = libc.open(cstring(path), 0 /* O_RDONLY */ | 0o2000000, 0);
-    if (fd < 0) fail("open");
+    if (fd < 0) throw new UffdError(`open ${path}`, libc.errno());
+    // open(2) of a directory succeeds read-only; reading it says EISDIR (mmap would say ENOMEM).
+    if (libc.preadAddr(fd, libc.addressOf(scratch), 1, 0) < 0 && libc.errno() === ERRNO.EISDIR) {
+      libc.close(fd);
+      throw new UffdError(`open ${path}`, ERRNO.EISDIR);
+    }
     const len = length ?? fileSize(fd);
     if (len <= 0) {
+      const e = libc.errno();
       libc.close(fd);
-      throw invalid("mmap", `file ${path} is empty`);
+      if (len < 0) throw new UffdError(`lseek ${path}`, e);
+      throw invalid(`mmap ${path}`, `file ${path} is empty`);
     }
     const rounded = Math.ceil(len / pageSize) * pageSize;
     const a = libc.mmap(0, rounded, mm.PROT_READ, mm.MAP_PRIVATE, fd, 0);
     if (a === -1) {
       const e = libc.errno();
       libc.close(fd);
-      throw new UffdError("mmap", e);
+      throw new UffdError(`mmap ${path}`, e);
     }
     return new Mapping(a, rounded, "file", pageSize, fd, true, true);
   }
@@ -409,6 +450,8 @@ export class Mapping {
     this.close();
   }
 }
+
+const scratch = new Uint8Array(8);
 
 function fileSize(fd: number): number {
   // lseek(fd, 0, SEEK_END) through syscall 8

@@ -21,9 +21,12 @@
 //   ioctl; the same check (no registered VMA at dst) is produced deterministically below.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
-import { ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
+import { ERRNO, FaultServer, ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
 import {
   type U64Struct,
   uffdio_api,
@@ -39,6 +42,7 @@ import {
 import { runChild } from "./helpers/child.ts";
 import { within } from "./helpers/toucher.ts";
 import { LibcWorker } from "./children/ops_libc.ts";
+import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
 
 const E = {
   EPERM: 1,
@@ -536,5 +540,123 @@ describe("ioctl_userfaultfd(2) errors", () => {
       uffd.move({ start: mem.start, len: pageSize, src: src.start, allowSrcHoles: true }),
       pageSize,
     );
+  });
+});
+
+describe("hints depend on the operation", () => {
+  const kernelPerm = (op: string, code: string) => new UffdError(op, ERRNO[code]).hint;
+
+  it("the same errno gets the hint of the operation that failed", () => {
+    // ENOENT: a missing file, a range not registered, no device node, a wp range, a source hole
+    const enoent = [
+      "open /srv/x.img",
+      "UFFDIO_COPY",
+      "UFFDIO_WRITEPROTECT",
+      "UFFDIO_MOVE",
+      "open /dev/userfaultfd",
+    ]
+      .map((op) => kernelPerm(op, "ENOENT"));
+    assert.equal(new Set(enoent).size, enoent.length, enoent.join("\n"));
+    assert.match(enoent[0], /no such file/);
+    assert.match(enoent[1], /not registered with this userfaultfd/);
+    assert.match(enoent[2], /wp mode/);
+    assert.match(enoent[3], /hole/);
+    assert.match(enoent[4], /no \/dev\/userfaultfd/);
+    // EINVAL: register's causes are the memory and the mode, not UFFDIO_API's
+    const einval = ["UFFDIO_REGISTER", "UFFDIO_API", "UFFDIO_ZEROPAGE", "UFFDIO_WRITEPROTECT", "read"]
+      .map((op) => kernelPerm(op, "EINVAL"));
+    assert.equal(new Set(einval).size, einval.length, einval.join("\n"));
+    assert.match(einval[0], /mode/);
+    assert.match(einval[0], /private file mapping/);
+    assert.doesNotMatch(einval[0], /UFFDIO_API|handshake/);
+    assert.match(einval[1], /handshake/);
+    assert.match(einval[2], /hugetlb/);
+    assert.match(einval[3], /dontwake/);
+    assert.match(einval[4], /handshake/);
+    // EPERM / EACCES
+    assert.match(kernelPerm("open", "EPERM"), /vm\.unprivileged_userfaultfd/);
+    assert.match(kernelPerm("open /dev/userfaultfd", "EACCES"), /setfacl/);
+    assert.match(kernelPerm("open /srv/x.img", "EACCES"), /permissions/);
+    assert.doesNotMatch(kernelPerm("open /srv/x.img", "EACCES"), /userfaultfd/);
+    assert.match(kernelPerm("UFFDIO_API", "EPERM"), /EVENT_FORK needs CAP_SYS_PTRACE/);
+    assert.match(kernelPerm("UFFDIO_REGISTER", "EPERM"), /read-only file mapping/);
+    // EEXIST: a resolver lost a race (wake); POISON marks missing pages only
+    assert.match(kernelPerm("UFFDIO_COPY", "EEXIST"), /wake\(\)/);
+    assert.match(kernelPerm("UFFDIO_POISON", "EEXIST"), /missing pages only/);
+    // an operation without hints of its own gets the errno's meaning, never another operation's cause
+    for (const code of Object.keys(ERRNO)) {
+      const h = kernelPerm("sendmsg", code);
+      assert.doesNotMatch(h, /mapping changed|UFFDIO|register|vm\.unprivileged/, `${code}: ${h}`);
+    }
+  });
+
+  it("Mapping.file(): a missing file names the path with open(2)'s hint", () => {
+    const path = "/nonexistent-uffd-dir/disk.img";
+    const e = throwsCode(() => Mapping.file(path), "ENOENT", "kernel");
+    assert.equal(e.op, `open ${path}`);
+    assert.ok(e.message.includes(path), e.message);
+    assert.match(e.hint, /no such file/);
+    assert.doesNotMatch(e.message, /mapping changed|unmapped or remapped/);
+    const notDir = throwsCode(() => Mapping.file(`${fileURLToPath(import.meta.url)}/x`), "ENOTDIR");
+    assert.match(notDir.hint, /not a directory/);
+    const dir = throwsCode(() => Mapping.file(fileURLToPath(new URL(".", import.meta.url))), "EISDIR");
+    assert.match(dir.message, /tests\/? failed: EISDIR: the path is a directory/);
+  });
+
+  it("a FaultServer file source with a missing file names the path with open(2)'s hint", async () => {
+    const path = "/nonexistent-uffd-dir/snapshot.mem";
+    await assert.rejects(FaultServer.start({ source: { kind: "file", path } }), (e: unknown) => {
+      assert.ok(e instanceof UffdError, String(e));
+      assert.equal(e.code, "ENOENT");
+      assert.ok(e.message.includes(path), e.message);
+      assert.match(e.message, /no such file/);
+      assert.doesNotMatch(e.message, /mapping changed|unmapped or remapped/);
+      return true;
+    });
+  });
+
+  const asNobody = libc.syscall(102 /* getuid */) !== 0
+    ? "needs root (to drop to uid 65534)"
+    : !existsSync("/usr/bin/setpriv")
+    ? "needs setpriv"
+    : !worldSearchableTmp()
+    ? "needs a temporary directory every user can reach"
+    : false;
+  it("Mapping.file(): an unreadable file names the path with open(2)'s EACCES hint (uid 65534)", {
+    skip: asNobody,
+    timeout: 30000,
+  }, () => {
+    using tree = worldReadableTree(["tests/children/file_open_child.ts"]);
+    const secret = tree.path("secret.img");
+    writeFileSync(secret, new Uint8Array(pageSize), { mode: 0o600 });
+    const [cmd, ...argv] = tree.command("tests/children/file_open_child.ts", [secret]);
+    const r = spawnSync("/usr/bin/setpriv", [
+      "--reuid=65534",
+      "--regid=65534",
+      "--clear-groups",
+      cmd,
+      ...argv,
+    ], {
+      encoding: "utf8",
+      cwd: tree.dir,
+      timeout: 25000,
+      killSignal: "SIGKILL",
+      env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    assert.equal(out.ok, false, r.stdout);
+    assert.equal(out.code, "EACCES");
+    assert.equal(out.op, `open ${secret}`);
+    assert.match(out.message, /may not read the file/);
+    assert.doesNotMatch(out.message, /userfaultfd/);
+  });
+
+  it("kernel errors carry their operation's hint", () => {
+    using uffd = Userfaultfd.open();
+    using file = Mapping.file(fileURLToPath(import.meta.url));
+    assert.match(throwsCode(() => uffd.register(file), "EINVAL", "kernel").hint, /private file mapping/);
+    using fresh = Userfaultfd.open({ handshake: false });
+    assert.match(throwsCode(() => fresh.readEvent(), "EINVAL", "kernel").hint, /handshake/);
   });
 });

@@ -67,13 +67,16 @@ export interface PortableTree {
   [Symbol.dispose](): void;
 }
 
-/** Copies mod.ts, cli.ts, src/, ffi/, deno.json, package.json and the runtime's binary. */
-export function worldReadableTree(): PortableTree {
+/**
+ * Copies mod.ts, cli.ts, src/, ffi/, deno.json, package.json, the `extra` paths (relative to
+ * the repository root, e.g. a child script under tests/children/) and the runtime's binary.
+ */
+export function worldReadableTree(extra: readonly string[] = []): PortableTree {
   const base = worldSearchableTmp();
   if (!base) throw new Error("no temporary directory is searchable by every user");
   const dir = mkdtempSync(join(base, "uffd-tree-"));
   try {
-    for (const rel of TREE) {
+    for (const rel of [...TREE, ...extra]) {
       const from = join(ROOT, rel);
       if (existsSync(from)) cpSync(from, join(dir, rel), { recursive: true });
     }
