@@ -37,7 +37,10 @@ export const ERRNO: Readonly<Record<string, number>> = {
   EOVERFLOW: 75,
   ENOTSOCK: 88,
   EOPNOTSUPP: 95,
+  EADDRINUSE: 98,
   ECONNRESET: 104,
+  ETIMEDOUT: 110,
+  ECONNREFUSED: 111,
   EHWPOISON: 133,
 };
 
