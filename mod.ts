@@ -117,3 +117,25 @@ export {
   readHandshake,
 } from "./src/firecracker.ts";
 export { type RebaseResult, rebaseSnapshot } from "./src/rebase.ts";
+export {
+  type ChunkDigests,
+  DEFAULT_CHUNK,
+  DirtyTracker,
+  inspectSnapshot,
+  type LayerInfo,
+  type LayerReport,
+  MANIFEST,
+  MAX_PASSES,
+  readManifest,
+  rebaseSnapshotDir,
+  restore,
+  type RestoredMemory,
+  type RestoreOptions,
+  snapshot,
+  type SnapshotManifest,
+  type SnapshotReport,
+  type SnapshotTarget,
+  type TrackOptions,
+  verifyAll,
+} from "./src/snapshot/mod.ts";
+export { type SnapshotChecksums } from "./src/server/sources.ts";

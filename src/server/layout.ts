@@ -104,10 +104,36 @@ export type SourceInit =
     addresses: number[];
     /** One byte per page: 0 = a hole in every layer (zeros), k = layer k - 1 holds it (topmost wins). */
     table: SharedArrayBuffer;
+    /** Chunk checksums checked before a chunk's first page is placed, or undefined. */
+    verify?: VerifyInit;
   }
   | { kind: "zero" }
   | { kind: "memfd" }
   | { kind: "module"; url: string; options: unknown; length: number };
+
+/**
+ * Lazy integrity checks of a layered source (see src/snapshot/digest.ts): each (layer, chunk)
+ * with data has a SHA-256, checked by the serving thread the first time a page comes from it.
+ */
+export interface VerifyInit {
+  /** Chunk size in bytes (a multiple of the system page size). */
+  chunkSize: number;
+  /** Chunks per layer (the memory file's length in chunks). */
+  chunks: number;
+  /** 32 bytes per (layer, chunk), layer-major (bottom layer first). */
+  digests: SharedArrayBuffer;
+  /** One byte per (layer, chunk): 0 no data, 1 not checked yet, 2 good, 3 mismatch. */
+  state: SharedArrayBuffer;
+  /** Per layer: its data extents as [start, end) byte pairs (Float64Array). */
+  extents: SharedArrayBuffer[];
+  /** Per layer: its file length in bytes. */
+  lengths: number[];
+  /** Per layer: its file name, for messages. */
+  names: string[];
+}
+
+/** Chunk states of {@link VerifyInit.state}. */
+export const CHUNK = { none: 0, unchecked: 1, good: 2, bad: 3 } as const;
 
 /** Entries of the region table (Float64Array): start address, length in bytes, first page index. */
 export const REGION_WORDS = 3;

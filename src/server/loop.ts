@@ -9,7 +9,8 @@ import { libc } from "../../ffi/mod.ts";
 import { ioctl, UFFD_EVENT } from "../abi.ts";
 import { ERRNO } from "../errors.ts";
 import { POLLIN } from "../eventfd.ts";
-import { CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
+import { CHUNK, CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
+import { chunkDigest } from "../snapshot/digest.ts";
 
 const TWO32 = 4294967296;
 const EEXIST = ERRNO.EEXIST;
@@ -98,9 +99,20 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   let srcView: Uint8Array | undefined; // held: the kernel reads through its address
   let table: Uint8Array | undefined;
   const layerAddr = new Float64Array(src.kind === "layers" ? src.addresses.length + 1 : 1);
+  const verify = src.kind === "layers" ? src.verify : undefined;
+  const chunkState = verify ? new Uint8Array(verify.state) : undefined;
+  const digests = verify ? new Uint8Array(verify.digests) : undefined;
+  const layerBytes: Uint8Array[] = []; // views of the layers, for checksums (held)
+  const layerExtents: Float64Array[] = [];
   if (src.kind === "layers") {
     table = new Uint8Array(src.table);
     for (let k = 0; k < src.addresses.length; k++) layerAddr[k + 1] = src.addresses[k];
+    if (verify) {
+      for (let k = 0; k < src.addresses.length; k++) {
+        layerBytes.push(new Uint8Array(libc.view(src.addresses[k], verify.lengths[k])));
+        layerExtents.push(new Float64Array(verify.extents[k]));
+      }
+    }
   } else if (src.kind === "bytes") {
     srcView = new Uint8Array(src.data, src.offset, src.length);
     srcBase = libc.addressOf(srcView);
@@ -229,6 +241,12 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       const l = t[i];
       let j = i + 1;
       while (j < end && t[j] === l) j++;
+      if (verify && l > 0) {
+        // Only pages of chunks whose checksum holds are placed: never wrong bytes.
+        const good = checkedUpTo(l, i, j);
+        if (good === i) return done > 0 ? done : SOURCE_FAILED;
+        j = good;
+      }
       const r = l === 0 ? zeroFill(i, j - i) : placeFrom(ioctl.UFFDIO_COPY, i, j - i, FROM_LAYER + l);
       if (r <= 0) return done > 0 ? done : r;
       done += r;
@@ -259,6 +277,38 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
         stage(a, n);
         return placeFrom(ioctl.UFFDIO_MOVE, a, n, FROM_STAGING);
     }
+  }
+
+  /**
+   * Checks the chunks of layer l (1-based) that pages [i, j) come from, each once; returns the
+   * first page whose chunk fails its checksum (recording why), or j when all hold.
+   */
+  function checkedUpTo(l: number, i: number, j: number): number {
+    const v = verify!;
+    const cs = v.chunkSize;
+    const c0 = Math.floor((i * ps) / cs);
+    const c1 = Math.floor((j * ps - 1) / cs);
+    for (let c = c0; c <= c1; c++) {
+      const k = (l - 1) * v.chunks + c;
+      let st = chunkState![k];
+      if (st === CHUNK.unchecked) {
+        const d = chunkDigest(layerBytes[l - 1], layerExtents[l - 1], cs, c);
+        st = CHUNK.good;
+        if (d === undefined) st = CHUNK.bad;
+        else for (let b = 0; b < 32; b++) if (d[b] !== digests![k * 32 + b]) st = CHUNK.bad;
+        chunkState![k] = st;
+      }
+      if (st === CHUNK.bad || st === CHUNK.none) {
+        recordError(
+          `checksum mismatch: ${v.names[l - 1]} bytes [${c * cs}, ${
+            (c + 1) * cs
+          }) do not match the manifest; ` +
+            "their pages are not served (the layer was changed or damaged after the snapshot)",
+        );
+        return Math.max(i, Math.floor((c * cs) / ps));
+      }
+    }
+    return j;
   }
 
   /** Copies the source bytes of pages [a, a+n) into the staging area, zero past the source's end. */

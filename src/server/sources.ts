@@ -15,7 +15,24 @@
 import { libc } from "../../ffi/mod.ts";
 import { invalid, UffdError } from "../errors.ts";
 import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
-import type { SourceInit } from "./layout.ts";
+import { CHUNK, type SourceInit, type VerifyInit } from "./layout.ts";
+import { chunkDigest, fromHex, toHex } from "../snapshot/digest.ts";
+
+/**
+ * SHA-256 checksums of a snapshot's files, one per chunk (see src/snapshot/digest.ts): checked the
+ * first time a page comes from a chunk (`when: "fault"`, the default) or all at once when the
+ * source opens (`"open"`). A mismatch never serves the bytes: the pages are resolved by the
+ * server's `onError` policy (poison by default) and the error names the file and the range; at
+ * open it is a thrown {@link UffdError}.
+ */
+export interface SnapshotChecksums {
+  /** Chunk size in bytes (a multiple of the page size). */
+  chunkSize: number;
+  /** Per file (the memory file first, then each layer): hex SHA-256 per chunk, null where no data. */
+  files: (string | null)[][];
+  /** When to check (default `"fault"`). */
+  when?: "fault" | "open";
+}
 
 /**
  * Where pages come from.
@@ -37,7 +54,7 @@ import type { SourceInit } from "./layout.ts";
 export type PageSource =
   | { kind: "bytes"; data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer }
   | { kind: "file"; path: string }
-  | { kind: "snapshot"; path: string; layers?: string[] }
+  | { kind: "snapshot"; path: string; layers?: string[]; checksums?: SnapshotChecksums }
   | { kind: "zero"; length: number }
   | { kind: "memfd"; mapping: Mapping }
   | { kind: "module"; url: string | URL; length: number; options?: unknown };
@@ -86,7 +103,7 @@ export function openSource(src: PageSource): OpenedSource {
       };
     }
     case "snapshot":
-      return openSnapshot(src.path, src.layers ?? []);
+      return openSnapshot(src.path, src.layers ?? [], src.checksums);
     case "zero":
       checkLength(src.length);
       return { init: () => ({ kind: "zero" }), length: src.length, owned: [], hold: [] };
@@ -148,7 +165,7 @@ export function dataExtents(fd: number, length: number): Array<[number, number]>
   return out;
 }
 
-function openSnapshot(path: string, layers: string[]): OpenedSource {
+function openSnapshot(path: string, layers: string[], checksums?: SnapshotChecksums): OpenedSource {
   if (!Array.isArray(layers) || layers.some((l) => typeof l !== "string")) {
     throw invalid("FaultServer", "snapshot layers must be an array of file paths, bottom first");
   }
@@ -171,6 +188,7 @@ function openSnapshot(path: string, layers: string[]): OpenedSource {
       }
     }
     const extents = files.map((f) => dataExtents(f.mapping.fd, f.length));
+    const verify = checksums ? verifyInit(files, extents, length, checksums) : undefined;
     return {
       length,
       owned,
@@ -191,13 +209,84 @@ function openSnapshot(path: string, layers: string[]): OpenedSource {
             );
           }
         }
-        return { kind: "layers", addresses: files.map((f) => f.mapping.start), table: table.buffer };
+        return {
+          kind: "layers",
+          addresses: files.map((f) => f.mapping.start),
+          table: table.buffer,
+          ...(verify ? { verify } : {}),
+        };
       },
     };
   } catch (e) {
     for (const m of owned) m.close();
     throw e;
   }
+}
+
+/** Checks the checksums' shape, and either checks every chunk now or prepares the lazy checks. */
+function verifyInit(
+  files: { path: string; mapping: Mapping; length: number }[],
+  extents: Array<[number, number]>[],
+  length: number,
+  c: SnapshotChecksums,
+): VerifyInit | undefined {
+  const bad = (detail: string): UffdError => invalid("FaultServer", `snapshot checksums: ${detail}`);
+  if (!c || typeof c !== "object") throw bad("expected { chunkSize, files }");
+  if (!Number.isSafeInteger(c.chunkSize) || c.chunkSize <= 0 || c.chunkSize % systemPageSize !== 0) {
+    throw bad(`chunkSize must be a positive multiple of ${systemPageSize} (got ${c.chunkSize})`);
+  }
+  const chunks = Math.ceil(length / c.chunkSize);
+  if (!Array.isArray(c.files) || c.files.length !== files.length) {
+    throw bad(`one digest list per file is needed: ${files.length} files, ${c.files?.length} lists`);
+  }
+  const digests = new Uint8Array(new SharedArrayBuffer(Math.max(1, files.length * chunks * 32)));
+  const state = new Uint8Array(new SharedArrayBuffer(Math.max(1, files.length * chunks)));
+  files.forEach((f, k) => {
+    const list = c.files[k];
+    const own = Math.ceil(f.length / c.chunkSize);
+    if (!Array.isArray(list) || list.length !== own) {
+      throw bad(`${f.path}: ${own} chunk digests expected, got ${Array.isArray(list) ? list.length : list}`);
+    }
+    list.forEach((d, i) => {
+      if (d === null) return;
+      if (typeof d !== "string" || !/^[0-9a-f]{64}$/.test(d)) {
+        throw bad(`${f.path} chunk ${i}: not a SHA-256 hex digest`);
+      }
+      digests.set(fromHex(d), (k * chunks + i) * 32);
+      state[k * chunks + i] = CHUNK.unchecked;
+    });
+  });
+  if (c.when === "open") {
+    files.forEach((f, k) => {
+      const bytes = new Uint8Array(libc.view(f.mapping.start, f.length));
+      const flat = extents[k].flat();
+      for (let i = 0; i * c.chunkSize < f.length; i++) {
+        const d = chunkDigest(bytes, flat, c.chunkSize, i);
+        const want = c.files[k][i];
+        if ((d ? toHex(d) : null) !== want) {
+          throw new UffdError("FaultServer", 74, /* EBADMSG */ {
+            source: "library",
+            detail: `checksum mismatch: ${f.path} bytes [${i * c.chunkSize}, ${(i + 1) * c.chunkSize}) ` +
+              "do not match the manifest (the file was changed or damaged after the snapshot)",
+          });
+        }
+      }
+    });
+    return undefined; // all checked: nothing left for the serving thread
+  }
+  return {
+    chunkSize: c.chunkSize,
+    chunks,
+    digests: digests.buffer as SharedArrayBuffer,
+    state: state.buffer as SharedArrayBuffer,
+    extents: extents.map((e) => {
+      const a = new Float64Array(new SharedArrayBuffer(e.length * 16));
+      a.set(e.flat());
+      return a.buffer as SharedArrayBuffer;
+    }),
+    lengths: files.map((f) => f.length),
+    names: files.map((f) => f.path),
+  };
 }
 
 /** A file's length (lseek to the end). */
