@@ -205,13 +205,14 @@ const OP_HINTS: Readonly<Record<string, Readonly<Record<string, string>>>> = {
   },
   UFFDIO_MOVE: {
     ...RESOLVE_HINTS,
-    ENOENT: "the destination is not registered with this userfaultfd, or a source page is a hole " +
-      "(allowSrcHoles skips holes), or a mapping changed under the move",
+    ENOENT: "a source page is a hole (allowSrcHoles skips holes), or the source or destination is not " +
+      "mapped (or its mapping changed under the move)",
     EEXIST: "a destination page is already present: wake() the range instead",
     EBUSY: "a source page is pinned, shared with another process (after fork, KSM) or a huge page that " +
       "could not be split: copy() it instead",
-    EINVAL: "UFFDIO_MOVE works on private anonymous memory only, with src and dst page-aligned, not " +
-      "overlapping, each inside one mapping",
+    EINVAL: "the destination is not registered with this userfaultfd, or not private anonymous memory " +
+      "(UFFDIO_MOVE moves anonymous pages only), or src and dst are not page-aligned, overlap, or " +
+      "span several mappings",
     EAGAIN: "the address space is changing (a REMOVE/UNMAP/REMAP event is pending), a source page is " +
       "being migrated, or the move stopped part way: read pending events, then retry the remainder",
   },

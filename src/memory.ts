@@ -79,6 +79,45 @@ export type MappingKind = "anonymous" | "shmem" | "hugetlb" | "file" | "adopted"
 
 const live = new Set<Mapping>();
 
+/**
+ * The last mappings closed on this thread, as `[start, end]` pairs (a bounded ring), so a range
+ * in one of them is reported as closed rather than as never created by this library.
+ */
+const recentlyClosed: [number, number][] = [];
+const RECENTLY_CLOSED = 64;
+
+/** Told when a library mapping is unmapped or remapped, e.g. to forget what was registered there. */
+export interface MappingWatcher {
+  /** `[start, start+len)` was unmapped (close() of a mapping the library owns). */
+  unmapped(start: number, len: number): void;
+  /** `[start, start+len)` was mremap()ed (moved, grown or shrunk). */
+  remapped(start: number, len: number): void;
+}
+
+const watchers = new Set<MappingWatcher>();
+
+/** Starts telling `w` about unmaps and remaps of library mappings on this thread; returns the stop function. */
+export function watchMappings(w: MappingWatcher): () => void {
+  watchers.add(w);
+  return () => watchers.delete(w);
+}
+
+/** The error for a Mapping used after close(): it names the mapping and says it was closed. */
+function closedError(op: string, start: number, len: number, what: string): UffdError {
+  return invalid(
+    op,
+    `${what} 0x${start.toString(16)}+${len} is in a Mapping that was closed (close() ran, or its ` +
+      "`using` block ended): its memory is unmapped, and views from its bytes() are invalid; " +
+      "create a new Mapping (or, for memory mapped there since by other code, Mapping.adopt() it)",
+    NO_MAPPING_ERRNO[op] ?? "EINVAL",
+  );
+}
+
+/** Rejects a {@link Mapping} passed as a range after its close(), before anything else is checked. */
+export function checkNotClosed(op: string, range: unknown, what = "range"): void {
+  if (range instanceof Mapping && range.closed) throw closedError(op, range.address, range.length, what);
+}
+
 /** The live mapping (created or adopted by this library, on this thread) holding `[start, start+len)`. */
 export function findMapping(start: number, len: number): Mapping | undefined {
   for (const m of live) {
@@ -127,6 +166,9 @@ export function checkRange(
   if (remote) return undefined; // another process's memory: only the kernel knows its mappings
   const m = findMapping(start, len);
   if (!m) {
+    for (const [s, e] of recentlyClosed) {
+      if (start >= s && start < e) throw closedError(op, start, len, what);
+    }
     throw invalid(
       op,
       `${what} 0x${start.toString(16)}+${len} is not inside a mapping created by this library; ` +
@@ -231,6 +273,10 @@ export class Mapping {
     this.#owned = owned;
     this.#ownsFd = ownsFd;
     live.add(this);
+    for (let i = recentlyClosed.length - 1; i >= 0; i--) {
+      const [s, e] = recentlyClosed[i];
+      if (s < address + length && e > address) recentlyClosed.splice(i, 1); // the address is in use again
+    }
   }
 
   static #checkLength(op: string, length: number, align: number): void {
@@ -375,7 +421,14 @@ export class Mapping {
   }
 
   #check(op: string): void {
-    if (this.#closed) throw invalid(op, "the mapping is closed", "EBADF");
+    if (this.#closed) {
+      throw invalid(
+        op,
+        `the Mapping 0x${this.address.toString(16)}+${this.length} was closed (close() ran, or its ` +
+          "`using` block ended): its memory is unmapped; create a new Mapping",
+        "EBADF",
+      );
+    }
   }
 
   #sub(op: string, offset: number, length: number): number {
@@ -426,6 +479,7 @@ export class Mapping {
       (options.to !== undefined ? mm.MREMAP_FIXED : 0);
     const a = libc.mremap(this.address, this.length, newLength, flags, options.to ?? 0);
     if (a === -1) fail("mremap");
+    for (const w of watchers) w.remapped(this.address, this.length);
     const next = new Mapping(a, newLength, this.kind, this.pageSize, this.fd, true, this.#ownsFd);
     if (!options.dontUnmap) {
       this.#owned = false;
@@ -441,7 +495,12 @@ export class Mapping {
     this.#closed = true;
     live.delete(this);
     this.#view = undefined;
-    if (this.#owned) libc.munmap(this.address, this.length);
+    recentlyClosed.push([this.address, this.address + this.length]);
+    if (recentlyClosed.length > RECENTLY_CLOSED) recentlyClosed.shift();
+    if (this.#owned) {
+      libc.munmap(this.address, this.length);
+      for (const w of watchers) w.unmapped(this.address, this.length);
+    }
     if (this.#ownsFd) libc.close(this.fd);
   }
 

@@ -7,7 +7,7 @@
 import { libc } from "../ffi/mod.ts";
 import { ioctl, O_CLOEXEC } from "./abi.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
-import { checkRange, cstring, pageSize } from "./memory.ts";
+import { checkNotClosed, checkRange, cstring, pageSize } from "./memory.ts";
 import { pm_scan_arg } from "./structs.ts";
 
 /** `PAGE_IS_*` categories of PAGEMAP_SCAN. */
@@ -99,6 +99,7 @@ export class PagemapScanner {
   scan(range: { start: number; len: number }, options: ScanOptions = {}): PageRegion[] {
     const op = "PAGEMAP_SCAN";
     if (this.#fd < 0) throw invalid(op, "the scanner is closed", "EBADF");
+    checkNotClosed(op, range);
     checkRange(op, range.start, range.len); // pagemap scans this process only
     const required = options.required ?? PAGE_IS.WRITTEN;
     const anyOf = options.anyOf ?? 0;

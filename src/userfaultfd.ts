@@ -35,7 +35,14 @@ import {
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { EventBuffer, type UffdEvent } from "./events.ts";
 import { FdWatcher } from "./fd_watcher.ts";
-import { checkRange, cstring, findMapping } from "./memory.ts";
+import {
+  checkNotClosed,
+  checkRange,
+  cstring,
+  findMapping,
+  type MappingWatcher,
+  watchMappings,
+} from "./memory.ts";
 import { POLLIN } from "./eventfd.ts";
 import {
   type U64Struct,
@@ -237,6 +244,20 @@ export class Userfaultfd {
   #watchers = new Set<FdWatcher>();
   #nonBlocking: boolean;
   #remote = false;
+  /**
+   * What this descriptor registered, sorted by start and not overlapping (`mode`: the
+   * UFFDIO_REGISTER_MODE_* bits), kept by register() and unregister() and trimmed when a
+   * library mapping is unmapped.
+   */
+  #regs: { start: number; end: number; mode: number }[] = [];
+  /**
+   * Whether #regs is every registration of the descriptor, so a range outside it can be
+   * rejected before the syscall: true for a descriptor opened here; false for one received
+   * (fromFd: registered elsewhere), and from the first mremap of a library mapping over a
+   * registered range (the kernel may move or grow a registration).
+   */
+  #knowsRegs = false;
+  #stopWatching: (() => void) | undefined;
   readonly #api = uffdio_api();
   readonly #reg = uffdio_register();
   readonly #range = uffdio_range();
@@ -281,6 +302,7 @@ export class Userfaultfd {
       ((options.userModeOnly ?? true) ? UFFD_USER_MODE_ONLY : 0);
     const { fd } = openFd("open", flags, via);
     const u = new Userfaultfd(fd, nonBlocking);
+    u.#knowsRegs = true; // a new descriptor: every registration goes through register()
     if (options.handshake ?? true) {
       try {
         u.api(features);
@@ -395,6 +417,105 @@ export class Userfaultfd {
     }
   }
 
+  /** Records `[start, end)` as registered in `mode` (0: unregistered), replacing what overlapped. */
+  #record(start: number, end: number, mode: number): void {
+    const next: { start: number; end: number; mode: number }[] = [];
+    for (const r of this.#regs) {
+      if (r.end <= start || r.start >= end) {
+        next.push(r);
+        continue;
+      }
+      if (r.start < start) next.push({ start: r.start, end: start, mode: r.mode });
+      if (r.end > end) next.push({ start: end, end: r.end, mode: r.mode });
+    }
+    if (mode !== 0) next.push({ start, end, mode });
+    next.sort((a, b) => a.start - b.start);
+    this.#regs = next;
+    if (next.length > 0 && !this.#stopWatching) {
+      const watcher: MappingWatcher = {
+        unmapped: (s, len) => this.#record(s, s + len, 0),
+        remapped: (s, len) => {
+          if (this.#overlapsRegs(s, s + len)) this.#knowsRegs = false;
+        },
+      };
+      this.#stopWatching = watchMappings(watcher);
+    }
+  }
+
+  #overlapsRegs(start: number, end: number): boolean {
+    for (const r of this.#regs) if (r.start < end && r.end > start) return true;
+    return false;
+  }
+
+  /** The modes registered over all of `[start, end)` (their intersection), or -1 if a part is not registered. */
+  #registeredMode(start: number, end: number): number {
+    let pos = start;
+    let mode = 7;
+    for (const r of this.#regs) {
+      if (r.end <= pos) continue;
+      if (r.start > pos) return -1;
+      mode &= r.mode;
+      pos = r.end;
+      if (pos >= end) return mode;
+    }
+    return -1;
+  }
+
+  /**
+   * Rejects, before the syscall, a range this descriptor did not register (ENOENT, as the
+   * kernel; EINVAL for MOVE, as the kernel), or registered without the `need`ed mode. Only when the descriptor knows all its
+   * registrations: not for a received or remote one, nor with EVENT_REMAP (an mremap elsewhere
+   * moves a registration without telling this object); there the kernel checks.
+   */
+  #checkRegistered(op: string, start: number, len: number, need = 0, what = "range"): void {
+    if (!this.#knowsRegs || this.#remote || this.has("EVENT_REMAP")) return;
+    const mode = this.#registeredMode(start, start + len);
+    const where = `${what} 0x${start.toString(16)}+${len}`;
+    if (mode < 0) {
+      throw invalid(
+        op,
+        `${where} is not registered with this userfaultfd: register() it first ` +
+          "(unregister() and unmapping end a registration; another descriptor's range is not this one's)",
+        op === "UFFDIO_MOVE" ? "EINVAL" : "ENOENT", // the kernel's errno for each
+      );
+    }
+    if ((mode & need) !== need) {
+      throw op === "UFFDIO_WRITEPROTECT"
+        ? invalid(op, `${where} is registered without wp mode: register(range, { wp: true })`, "ENOENT")
+        : invalid(op, `wp: true needs ${where} registered with { wp: true }`);
+    }
+  }
+
+  /**
+   * Runs a resolving ioctl on `[start, start+len)`. A kernel ENOENT on a range this descriptor
+   * knows it registered means the mapping changed under the operation; say so.
+   */
+  #runOn<F extends string>(
+    op: string,
+    req: number,
+    s: U64Struct<F>,
+    result: F,
+    start: number,
+    len: number,
+  ): number {
+    try {
+      return this.#run(op, req, s, result);
+    } catch (e) {
+      if (
+        e instanceof UffdError && e.code === "ENOENT" && op !== "UFFDIO_MOVE" && this.#knowsRegs &&
+        this.#registeredMode(start, start + len) >= 0
+      ) {
+        throw new UffdError(op, e.errno, {
+          result: e.result,
+          done: e.done,
+          detail: "the range is registered with this userfaultfd, but its mapping changed under the " +
+            "operation (unmapped or remapped): stop serving it",
+        });
+      }
+      throw e;
+    }
+  }
+
   /** Runs an ioctl on the descriptor; throws UffdError with the signed result field. */
   #run<F extends string>(op: string, req: number, s: U64Struct<F>, result?: F): number {
     if (libc.ioctl(this.#fd, req, s.bytes) === 0) return result ? s.getSigned(result) : 0;
@@ -438,6 +559,7 @@ export class Userfaultfd {
     const op = "UFFDIO_REGISTER";
     this.#handshakeDone(op);
     checkKeys(op, options, ["missing", "wp", "minor"]);
+    checkNotClosed(op, range);
     this.#checkRange(op, range.start, range.len);
     const given = options.missing !== undefined || options.wp !== undefined || options.minor !== undefined;
     const mode =
@@ -447,19 +569,22 @@ export class Userfaultfd {
     if (mode === 0) throw invalid(op, "no mode chosen: set at least one of missing, wp, minor to true");
     this.#reg.clear().set("start", range.start).set("len", range.len).set("mode", mode);
     this.#run(op, ioctl.UFFDIO_REGISTER, this.#reg);
+    this.#record(range.start, range.start + range.len, mode);
     return { ioctls: ioctlNames(this.#reg.words[6], this.#reg.words[7]), ioctlBits: this.#reg.words[6] };
   }
 
   #rangeOp(op: string, req: number, range: Range): void {
     this.#handshakeDone(op);
+    checkNotClosed(op, range);
     this.#checkRange(op, range.start, range.len);
     this.#range.set("start", range.start).set("len", range.len);
     this.#run(op, req, this.#range);
   }
 
-  /** `UFFDIO_UNREGISTER`. */
+  /** `UFFDIO_UNREGISTER`: stop handling faults of `range` (blocked faulters are woken). */
   unregister(range: Range): void {
     this.#rangeOp("UFFDIO_UNREGISTER", ioctl.UFFDIO_UNREGISTER, range);
+    this.#record(range.start, range.start + range.len, 0);
   }
 
   /** `UFFDIO_WAKE`: wake threads waiting on faults in `range`. */
@@ -472,7 +597,9 @@ export class Userfaultfd {
     const op = "UFFDIO_COPY";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "src", "dontwake", "wp"]);
+    checkNotClosed(op, options, "dst");
     this.#checkRange(op, options.start, options.len, "dst");
+    this.#checkRegistered(op, options.start, options.len, options.wp ? UFFDIO_REGISTER_MODE_WP : 0, "dst");
     let src: number;
     if (typeof options.src === "number") {
       if (!this.#remote && !findMapping(options.src, options.len)) {
@@ -491,7 +618,7 @@ export class Userfaultfd {
       0,
     );
     const held = options.src; // keep the source referenced until the kernel has read it
-    const n = this.#run(op, ioctl.UFFDIO_COPY, this.#copy, "copy");
+    const n = this.#runOn(op, ioctl.UFFDIO_COPY, this.#copy, "copy", options.start, options.len);
     void held;
     return n;
   }
@@ -501,10 +628,12 @@ export class Userfaultfd {
     const op = "UFFDIO_ZEROPAGE";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake"]);
+    checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
+    this.#checkRegistered(op, options.start, options.len);
     this.#zero.set("start", options.start).set("len", options.len)
       .set("mode", options.dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0).set("zeropage", 0);
-    return this.#run(op, ioctl.UFFDIO_ZEROPAGE, this.#zero, "zeropage");
+    return this.#runOn(op, ioctl.UFFDIO_ZEROPAGE, this.#zero, "zeropage", options.start, options.len);
   }
 
   /** `UFFDIO_WRITEPROTECT`: set (`wp: true`) or clear write protection on `range`. */
@@ -513,7 +642,9 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "wp", "dontwake"]);
     if (typeof options.wp !== "boolean") throw invalid(op, "wp must be true (protect) or false (unprotect)");
+    checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
+    this.#checkRegistered(op, options.start, options.len, UFFDIO_REGISTER_MODE_WP);
     const mode = (options.wp ? UFFDIO_WRITEPROTECT_MODE_WP : 0) |
       (options.dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
     this.#wp.set("start", options.start).set("len", options.len).set("mode", mode);
@@ -525,11 +656,13 @@ export class Userfaultfd {
     const op = "UFFDIO_CONTINUE";
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake", "wp"]);
+    checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
+    this.#checkRegistered(op, options.start, options.len, options.wp ? UFFDIO_REGISTER_MODE_WP : 0);
     const mode = (options.dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0) |
       (options.wp ? UFFDIO_CONTINUE_MODE_WP : 0);
     this.#cont.set("start", options.start).set("len", options.len).set("mode", mode).set("mapped", 0);
-    return this.#run(op, ioctl.UFFDIO_CONTINUE, this.#cont, "mapped");
+    return this.#runOn(op, ioctl.UFFDIO_CONTINUE, this.#cont, "mapped", options.start, options.len);
   }
 
   /** `UFFDIO_POISON`: mark `range` poisoned; touching it raises SIGBUS. Needs feature POISON. */
@@ -538,10 +671,12 @@ export class Userfaultfd {
     this.#handshakeDone(op);
     checkKeys(op, options, ["start", "len", "dontwake"]);
     this.#need(op, "POISON");
+    checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
+    this.#checkRegistered(op, options.start, options.len);
     this.#poison.set("start", options.start).set("len", options.len)
       .set("mode", options.dontwake ? UFFDIO_POISON_MODE_DONTWAKE : 0).set("updated", 0);
-    return this.#run(op, ioctl.UFFDIO_POISON, this.#poison, "updated");
+    return this.#runOn(op, ioctl.UFFDIO_POISON, this.#poison, "updated", options.start, options.len);
   }
 
   /** `UFFDIO_MOVE`: remap pages from `src` to `start` without copying. Needs feature MOVE. */
@@ -557,8 +692,10 @@ export class Userfaultfd {
           "call move() in the process that owns the memory, or use copy()",
       );
     }
+    checkNotClosed(op, options, "dst");
     this.#checkRange(op, options.start, options.len, "dst");
     this.#checkRange(op, options.src, options.len, "src");
+    this.#checkRegistered(op, options.start, options.len, 0, "dst");
     const mode = (options.dontwake ? UFFDIO_MOVE_MODE_DONTWAKE : 0) |
       (options.allowSrcHoles ? UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES : 0);
     this.#move.set("dst", options.start).set("src", options.src).set("len", options.len).set("mode", mode)
@@ -674,6 +811,9 @@ export class Userfaultfd {
     this.#watchers.clear();
     libc.close(this.#fd);
     this.#fd = -1;
+    this.#stopWatching?.();
+    this.#stopWatching = undefined;
+    this.#regs = [];
   }
 
   /** Same as {@link close}. */

@@ -26,7 +26,17 @@ import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
-import { ERRNO, FaultServer, ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
+import {
+  ERRNO,
+  FaultServer,
+  ioctl,
+  Mapping,
+  PagemapScanner,
+  pageSize,
+  rawIoctl,
+  UffdError,
+  Userfaultfd,
+} from "../mod.ts";
 import {
   type U64Struct,
   uffdio_api,
@@ -398,25 +408,36 @@ describe("ioctl_userfaultfd(2) errors", () => {
     assert.equal(kernel(uffd.fd, ioctl.UFFDIO_COPY, past), "EINVAL");
   });
 
-  it("UFFDIO_COPY / ZEROPAGE / CONTINUE / POISON / WRITEPROTECT ENOENT: the range is mapped but not registered", () => {
-    using uffd = Userfaultfd.open({ features: ["POISON"] });
+  it("UFFDIO_COPY / ZEROPAGE / CONTINUE / POISON / WRITEPROTECT ENOENT, MOVE EINVAL: the range is mapped but not registered", () => {
+    using uffd = Userfaultfd.open({ features: ["POISON", "MOVE"] });
     using mem = Mapping.anonymous(pageSize);
-    const r = { start: mem.start, len: pageSize };
-    assert.equal(
-      throwsCode(() => uffd.copy({ ...r, src: new Uint8Array(pageSize) }), "ENOENT", "kernel").result,
-      -2,
-    );
-    assert.equal(throwsCode(() => uffd.zeropage(r), "ENOENT", "kernel").result, -2);
-    assert.equal(throwsCode(() => uffd.continue(r), "ENOENT", "kernel").result, -2);
-    assert.equal(throwsCode(() => uffd.poison(r), "ENOENT", "kernel").result, -2);
-    throwsCode(() => uffd.writeprotect({ ...r, wp: true }), "ENOENT", "kernel");
+    using src = Mapping.anonymous(pageSize);
+    src.bytes()[0] = 1;
+    // the descriptor knows what it registered: refused before the syscall, with the kernel's errno
+    for (const o of rangeOps(src.start)) {
+      if (["UFFDIO_REGISTER", "UFFDIO_UNREGISTER", "UFFDIO_WAKE"].includes(o.op)) continue;
+      const k = kernel(uffd.fd, o.req, o.raw(mem.start, pageSize));
+      assert.equal(k, o.op === "UFFDIO_MOVE" ? "EINVAL" : "ENOENT", `${o.op}: kernel`);
+      const e = throwsCode(() => o.lib(uffd, mem.start, pageSize), k, "library");
+      assert.match(e.message, /not registered with this userfaultfd/, o.op);
+    }
+    // WAKE and UNREGISTER of a range never registered succeed in the kernel: the library lets them
+    uffd.wake(mem);
+    uffd.unregister(mem);
   });
 
   it("UFFDIO_WRITEPROTECT ENOENT: registered without MODE_WP; EINVAL: WP together with DONTWAKE", () => {
     using uffd = Userfaultfd.open();
     using mem = Mapping.anonymous(pageSize);
     uffd.register(mem, { missing: true });
-    throwsCode(() => uffd.writeprotect({ start: mem.start, len: pageSize, wp: true }), "ENOENT", "kernel");
+    const e = throwsCode(
+      () => uffd.writeprotect({ start: mem.start, len: pageSize, wp: true }),
+      "ENOENT",
+      "library",
+    );
+    assert.match(e.message, /without wp mode/);
+    const raw = uffdio_writeprotect().set("start", mem.start).set("len", pageSize).set("mode", 1);
+    assert.equal(kernel(uffd.fd, ioctl.UFFDIO_WRITEPROTECT, raw), "ENOENT");
     uffd.unregister(mem);
     uffd.register(mem, { missing: true, wp: true });
     throwsCode(
@@ -561,6 +582,7 @@ describe("hints depend on the operation", () => {
     assert.match(enoent[1], /not registered with this userfaultfd/);
     assert.match(enoent[2], /wp mode/);
     assert.match(enoent[3], /hole/);
+    assert.match(kernelPerm("UFFDIO_MOVE", "EINVAL"), /not registered with this userfaultfd/);
     assert.match(enoent[4], /no \/dev\/userfaultfd/);
     // EINVAL: register's causes are the memory and the mode, not UFFDIO_API's
     const einval = ["UFFDIO_REGISTER", "UFFDIO_API", "UFFDIO_ZEROPAGE", "UFFDIO_WRITEPROTECT", "read"]
@@ -658,5 +680,150 @@ describe("hints depend on the operation", () => {
     assert.match(throwsCode(() => uffd.register(file), "EINVAL", "kernel").hint, /private file mapping/);
     using fresh = Userfaultfd.open({ handshake: false });
     assert.match(throwsCode(() => fresh.readEvent(), "EINVAL", "kernel").hint, /handshake/);
+  });
+});
+
+describe("the descriptor knows what it registered", () => {
+  const copyRaw = (uffd: Userfaultfd, dst: number, src: number) =>
+    kernel(uffd.fd, ioctl.UFFDIO_COPY, uffdio_copy().set("dst", dst).set("src", src).set("len", pageSize));
+
+  it("unregister() of a part: copy() there is refused before the syscall, the rest still works", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(3 * pageSize);
+    using src = Mapping.anonymous(pageSize);
+    uffd.register(mem);
+    uffd.unregister({ start: mem.page(1), len: pageSize });
+    const e = throwsCode(
+      () => uffd.copy({ start: mem.page(1), len: pageSize, src: src.start }),
+      "ENOENT",
+      "library",
+    );
+    assert.match(e.message, /dst 0x[0-9a-f]+\+4096 is not registered with this userfaultfd/);
+    assert.equal(copyRaw(uffd, mem.page(1), src.start), "ENOENT", "the kernel agrees");
+    // a range over the hole is refused too; the registered pages on both sides are served
+    throwsCode(() => uffd.zeropage({ start: mem.start, len: 2 * pageSize }), "ENOENT", "library");
+    assert.equal(uffd.copy({ start: mem.start, len: pageSize, src: src.start }), pageSize);
+    assert.equal(uffd.zeropage({ start: mem.page(2), len: pageSize }), pageSize);
+    uffd.register({ start: mem.page(1), len: pageSize });
+    assert.equal(uffd.zeropage({ start: mem.page(1), len: pageSize }), pageSize);
+  });
+
+  it("copy()/continue() with wp: true on a range registered without wp: EINVAL from both", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(pageSize);
+    using src = Mapping.anonymous(pageSize);
+    uffd.register(mem, { missing: true });
+    const e = throwsCode(
+      () => uffd.copy({ start: mem.start, len: pageSize, src: src.start, wp: true }),
+      "EINVAL",
+      "library",
+    );
+    assert.match(e.message, /registered with \{ wp: true \}/);
+    const raw = uffdio_copy().set("dst", mem.start).set("src", src.start).set("len", pageSize).set("mode", 2);
+    assert.equal(kernel(uffd.fd, ioctl.UFFDIO_COPY, raw), "EINVAL");
+  });
+
+  it("a closed mapping's registration ends with it: new memory at the same address is not registered", () => {
+    using uffd = Userfaultfd.open();
+    using src = Mapping.anonymous(pageSize);
+    const mem = Mapping.anonymous(pageSize);
+    const addr = mem.start;
+    uffd.register(mem);
+    mem.close();
+    // new memory at the very same address (MAP_FIXED), declared to the library
+    assert.equal(libc.mmap(addr, pageSize, 3, 0x32, /* PRIVATE|ANONYMOUS|FIXED */ -1, 0), addr);
+    using _again = Mapping.adopt(addr, pageSize);
+    try {
+      throwsCode(() => uffd.copy({ start: addr, len: pageSize, src: src.start }), "ENOENT", "library");
+      assert.equal(copyRaw(uffd, addr, src.start), "ENOENT", "the kernel agrees");
+    } finally {
+      libc.munmap(addr, pageSize);
+    }
+  });
+
+  it("a registered range whose mapping was replaced behind the library's back: the kernel's ENOENT says so", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(pageSize);
+    using src = Mapping.anonymous(pageSize);
+    uffd.register(mem);
+    assert.equal(libc.mmap(mem.start, pageSize, 3, 0x32, -1, 0), mem.start); // raw MAP_FIXED: unregistered
+    const e = throwsCode(
+      () => uffd.copy({ start: mem.start, len: pageSize, src: src.start }),
+      "ENOENT",
+      "kernel",
+    );
+    assert.match(e.message, /registered with this userfaultfd, but its mapping changed/);
+  });
+
+  it("received, remote and EVENT_REMAP descriptors leave the check to the kernel, whose ENOENT says why", () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(pageSize);
+    using src = Mapping.anonymous(pageSize);
+    using received = Userfaultfd.fromFd(libc.syscall(32, /* dup */ uffd.fd)); // registered elsewhere?
+    using remote = Userfaultfd.fromFd(libc.syscall(32, uffd.fd), 0, { remote: true });
+    using remap = Userfaultfd.open({ features: ["EVENT_REMAP"] }); // registrations move with mremap
+    for (const u of [received, remote, remap]) {
+      const e = throwsCode(
+        () => u.copy({ start: mem.start, len: pageSize, src: src.start }),
+        "ENOENT",
+        "kernel",
+      );
+      assert.match(e.hint, /not registered with this userfaultfd/);
+      assert.doesNotMatch(e.hint, /^the mapping changed/);
+    }
+    // the same descriptor registered through one wrapper is served through the other
+    uffd.register(mem);
+    assert.equal(received.copy({ start: mem.start, len: pageSize, src: src.start }), pageSize);
+  });
+});
+
+describe("a closed Mapping", () => {
+  const closedMsg = /was closed \(close\(\) ran, or its `using` block ended\)/;
+
+  it("register, copy into it, zeropage, scan and bytes() say it was closed, not that the library never made it", () => {
+    using uffd = Userfaultfd.open();
+    using src = Mapping.anonymous(pageSize);
+    let m: Mapping;
+    {
+      using inner = Mapping.anonymous(2 * pageSize);
+      m = inner;
+    } // disposed here
+    assert.equal(m.closed, true);
+    for (
+      const [what, f, code] of [
+        ["register", () => uffd.register(m), "EINVAL"],
+        ["copy into it", () => uffd.copy({ start: m.start, len: pageSize, src: src.start }), "ENOENT"],
+        [
+          "copy into its second page",
+          () => uffd.copy({ start: m.page(1), len: pageSize, src: src.start }),
+          "ENOENT",
+        ],
+        ["zeropage(m)", () => uffd.zeropage(m), "ENOENT"],
+        ["unregister", () => uffd.unregister(m), "EINVAL"],
+        ["scan", () => new PagemapScanner().scan(m), "EINVAL"],
+        ["bytes()", () => m.bytes(), "EBADF"],
+        ["dontneed()", () => m.dontneed(), "EBADF"],
+      ] as const
+    ) {
+      const e = throwsCode(f, code, "library");
+      assert.match(e.message, closedMsg, what);
+      assert.doesNotMatch(e.message, /not inside a mapping created by this library/, what);
+    }
+  });
+
+  it("close() then a plain range over it: closed; memory the library never made: not inside a mapping", () => {
+    using uffd = Userfaultfd.open();
+    // memory the library did not make, away from where earlier tests' mappings were (a hint, not FIXED)
+    const foreign = libc.mmap(0x5a5a_0000_0000, pageSize, 3, 0x22, -1, 0);
+    const m = Mapping.anonymous(pageSize);
+    const { start, len } = m;
+    m.close();
+    try {
+      assert.match(throwsCode(() => uffd.register({ start, len }), "EINVAL", "library").message, closedMsg);
+      const e = throwsCode(() => uffd.register({ start: foreign, len: pageSize }), "EINVAL", "library");
+      assert.match(e.message, /not inside a mapping created by this library/);
+    } finally {
+      libc.munmap(foreign, pageSize);
+    }
   });
 });
