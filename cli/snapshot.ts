@@ -4,14 +4,36 @@
  */
 import { parseArgs } from "node:util";
 import { rebaseSnapshot } from "../src/rebase.ts";
+import { inspectSnapshot, rebaseSnapshotDir, type SnapshotReport } from "../src/snapshot/restore.ts";
 
 /** Help text of the command. */
-export const SNAPSHOT_USAGE =
-  `Usage: uffd snapshot rebase --mem-file BASE --layer PATH [--layer PATH...] [--out PATH] [--json]
+export const SNAPSHOT_USAGE = `Usage: uffd snapshot inspect DIR [--json]
+       uffd snapshot rebase DIR [--json]
+       uffd snapshot rebase --mem-file BASE --layer PATH [--layer PATH...] [--out PATH] [--json]
 
-  rebase   merge diff layers (bottom first) onto the memory file, like Firecracker's
-           snapshot-editor edit-memory rebase: each layer's written pages replace the base's;
-           in place, or into --out (a sparse copy of the base, then the layers)`;
+  inspect DIR   a snapshot directory's layers: data (dirty) pages, holes, the pages each layer
+                supplies, zero pages, checksummed chunks, sizes
+  rebase DIR    merge its layer chain into one base (checked against the manifest first) and
+                rewrite the manifest
+  rebase --mem-file ...  merge Firecracker diff layers (bottom first) onto a memory file, like
+                snapshot-editor edit-memory rebase: in place, or into --out`;
+
+/** The inspect report as text. */
+export function formatSnapshotReport(r: SnapshotReport): string {
+  const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`;
+  const lines = [
+    `${r.dir}: ${r.pages} pages of ${r.pageSize} bytes (${mib(r.length)}), ${r.layers.length} layer(s), ` +
+    `${r.zeroPages} zero pages, ${mib(r.dataBytes)} of data, checksum chunks of ${r.chunkSize} bytes`,
+  ];
+  for (const l of r.layers) {
+    lines.push(
+      `  ${l.file.padEnd(14)} ${l.kind.padEnd(4)} data ${String(l.dataPages).padStart(8)}  holes ` +
+        `${String(l.holePages).padStart(8)}  supplies ${String(l.topPages).padStart(8)}  ` +
+        `chunks ${l.checksummedChunks}  ${mib(l.length)}  ${l.createdAt}`,
+    );
+  }
+  return lines.join("\n");
+}
 
 /** Runs `uffd snapshot ...`; returns the exit status. */
 export function runSnapshot(args: string[]): number {
@@ -19,6 +41,25 @@ export function runSnapshot(args: string[]): number {
   if (sub === undefined || sub === "help" || sub === "--help" || sub === "-h") {
     console.log(SNAPSHOT_USAGE);
     return sub === undefined ? 2 : 0;
+  }
+  if (sub === "inspect" || (sub === "rebase" && rest[0] !== undefined && !rest[0].startsWith("-"))) {
+    const [dir, ...flags] = rest;
+    const bad = flags.filter((f) => f !== "--json");
+    if (!dir || bad.length) {
+      console.error(
+        `uffd snapshot ${sub}: ${dir ? `unknown option ${bad[0]}` : "DIR is required"}\n\n${SNAPSHOT_USAGE}`,
+      );
+      return 2;
+    }
+    try {
+      if (sub === "rebase") rebaseSnapshotDir(dir);
+      const r = inspectSnapshot(dir);
+      console.log(flags.includes("--json") ? JSON.stringify(r) : formatSnapshotReport(r));
+      return 0;
+    } catch (e) {
+      console.error(`uffd snapshot ${sub}: ${e instanceof Error ? e.message : e}`);
+      return 1;
+    }
   }
   if (sub !== "rebase") {
     console.error(`uffd snapshot: unknown subcommand ${sub}\n\n${SNAPSHOT_USAGE}`);

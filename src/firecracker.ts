@@ -460,7 +460,10 @@ export class FirecrackerListener {
 
   /** Binds and listens on `path` (a stale socket there is replaced; any other file is an error). */
   static listen(path: string): FirecrackerListener {
-    return new FirecrackerListener(UnixListener.listen(path));
+    const l = new FirecrackerListener(UnixListener.listen(path));
+    // The server's threads start while we wait for the VMM, so its faults are served at once.
+    if (FaultServer.warmThreads < 2) FaultServer.warm();
+    return l;
   }
 
   /** The socket path. */

@@ -368,6 +368,27 @@ describe("record and prefetch", () => {
   });
 });
 
+describe("warm server threads", () => {
+  it("a server takes threads started ahead by FaultServer.warm() and serves with them", T, async () => {
+    FaultServer.coolDown();
+    FaultServer.warm();
+    assert.equal(FaultServer.warmThreads, 2);
+    const data = new SharedArrayBuffer(8 * PS);
+    new Uint8Array(data).fill(9);
+    const server = await FaultServer.start({ source: { kind: "bytes", data } });
+    try {
+      assert.equal(FaultServer.warmThreads, 0, "both warm threads were taken");
+      const [r] = await runFaulters(server.mapping.start, server.mapping.length, PS, data, [
+        { order: "seq", first: 0, count: 8 },
+      ]);
+      assert.equal(r.bad, 0);
+    } finally {
+      server.close();
+    }
+    assert.equal(server.stats.pages, 8);
+  });
+});
+
 describe("REMOVE (balloon inflate, MADV_DONTNEED)", () => {
   it(
     "pages dropped before or after their first touch read zeros afterwards, never the snapshot's bytes",

@@ -380,8 +380,11 @@ export class FaultServer {
     };
     let alive = 0;
     const spawn = (role: "primary" | "standby"): void => {
+      // A warm thread of this role if there is one (its modules are loaded), else a new one.
       // unref: a server that was never closed must not keep the process alive.
-      const w = new Worker(url, { workerData: { role, init } });
+      const warm = takeWarm(role);
+      const w = warm ?? new Worker(url, { workerData: { role, init } });
+      if (warm) w.postMessage({ type: "init", init });
       alive++;
       w.unref();
       w.on("message", (m: { type: string; message?: string }) => {
@@ -399,6 +402,38 @@ export class FaultServer {
     spawn("primary");
     spawn("standby");
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
+  }
+
+  /**
+   * Starts `count` pairs of server threads (serving and standby) ahead of time, so a server
+   * created later starts serving at once instead of after a thread's start-up (tens to hundreds
+   * of milliseconds: the runtime and the modules load). A restore handler calls it while it waits
+   * for its VMM. Idle warm threads do not keep the process alive.
+   */
+  static warm(count = 1): void {
+    const url = new URL("./worker.ts", import.meta.url);
+    for (let i = 0; i < count; i++) {
+      for (const role of ["primary", "standby"] as const) {
+        const w = new Worker(url, { workerData: { role } });
+        w.unref();
+        w.on("error", () => {
+          const k = warmPool.indexOf(entry);
+          if (k >= 0) warmPool.splice(k, 1);
+        });
+        const entry = { role, worker: w };
+        warmPool.push(entry);
+      }
+    }
+  }
+
+  /** Warm server threads waiting for a server (see {@link warm}). */
+  static get warmThreads(): number {
+    return warmPool.length;
+  }
+
+  /** Ends the warm threads nobody took. */
+  static coolDown(): void {
+    for (const e of warmPool.splice(0)) void e.worker.terminate();
   }
 
   /** Creates a server and waits until its Worker serves faults. */
@@ -614,6 +649,14 @@ export class FaultServer {
     this.close();
     return Promise.resolve();
   }
+}
+
+/** Threads started by FaultServer.warm(), waiting for their init message. */
+const warmPool: { role: "primary" | "standby"; worker: Worker }[] = [];
+
+function takeWarm(role: "primary" | "standby"): Worker | undefined {
+  const i = warmPool.findIndex((e) => e.role === role);
+  return i < 0 ? undefined : warmPool.splice(i, 1)[0].worker;
 }
 
 const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [

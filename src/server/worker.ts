@@ -36,9 +36,20 @@ interface SourceModule {
   default?: { fill?: FillFunction; init?: (options: unknown) => void | Promise<void> };
 }
 
-const { role, init } = workerData as { role: "primary" | "standby"; init: ServerInit };
-const ctrl = new Int32Array(init.ctrl);
+const data = workerData as { role: "primary" | "standby"; init?: ServerInit };
+const role = data.role;
 const post = (m: unknown): void => parentPort?.postMessage(m);
+// A warm thread (FaultServer.warm) starts without a server: it loads its modules, then waits
+// for the init message of the server that takes it.
+const init: ServerInit = data.init ?? await new Promise<ServerInit>((resolve) => {
+  const onMessage = (m: { type?: string; init?: ServerInit }): void => {
+    if (m?.type !== "init" || !m.init) return;
+    parentPort?.off("message", onMessage);
+    resolve(m.init);
+  };
+  parentPort?.on("message", onMessage);
+});
+const ctrl = new Int32Array(init.ctrl);
 
 // A custom source must not kill the server by accident: close() throws, and uncaught
 // errors and rejections are swallowed (the failing fill is handled by the policy).
