@@ -365,7 +365,10 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       a = Math.max(rLo, p - (p % minW));
       b = Math.min(a + minW, rHi);
     } else {
-      window = p === lastEnd ? Math.min(window * 2, maxW) : minW;
+      // Sequential: right after the last window, or after a placed page (another thread's stream,
+      // or interleaved streams such as vCPUs taking alternate pages).
+      const seq = p === lastEnd || (p > rLo && pages[p - 1] === PAGE.placed);
+      window = seq ? Math.min(window * 2, maxW) : minW;
       stats[STAT.window] = window;
       a = p;
       b = Math.min(p + window, rHi);
