@@ -5,6 +5,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { mm } from "./abi.ts";
+import { checkBoolean, checkInteger, checkOptions, describeValue } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 
 const _SC_PAGESIZE = 30;
@@ -153,6 +154,13 @@ export function checkRange(
   what = "range",
   remote = false,
 ): Mapping | undefined {
+  if (typeof start !== "number" || typeof len !== "number") {
+    throw invalid(
+      op,
+      `${what} start and length must be numbers: a page-aligned address and a byte count ` +
+        `(got ${describeValue(start)}, ${describeValue(len)})`,
+    );
+  }
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(len) || start < 0) {
     throw invalid(op, `${what} start and length must be non-negative integers (got ${start}, ${len})`);
   }
@@ -185,30 +193,6 @@ export function checkRange(
     );
   }
   return m;
-}
-
-/** A short description of a value for an error message: its type, and the value when short. */
-export function describeValue(v: unknown): string {
-  if (v === null) return "null";
-  if (Array.isArray(v)) return `an array (${JSON.stringify(v).slice(0, 60)})`;
-  switch (typeof v) {
-    case "string":
-      return `the string ${JSON.stringify(v.length > 60 ? v.slice(0, 57) + "..." : v)}`;
-    case "number":
-    case "boolean":
-    case "bigint":
-      return `${typeof v} ${String(v)}${typeof v === "bigint" ? "n" : ""}`;
-    case "undefined":
-      return "undefined";
-    case "function":
-      return "a function";
-    case "symbol":
-      return "a symbol";
-    default: {
-      const name = (v as object).constructor?.name;
-      return name && name !== "Object" ? `a ${name}` : "an object";
-    }
-  }
 }
 
 function fail(op: string): never {
@@ -280,14 +264,19 @@ export class Mapping {
   }
 
   static #checkLength(op: string, length: number, align: number): void {
-    if (!Number.isSafeInteger(length) || length <= 0 || length % align !== 0) {
-      throw invalid(op, `length must be a positive multiple of ${align} (got ${length})`);
+    if (typeof length !== "number" || !Number.isSafeInteger(length) || length <= 0 || length % align !== 0) {
+      throw invalid(
+        op,
+        `length must be a positive multiple of ${align} bytes (got ${describeValue(length)})`,
+      );
     }
   }
 
   /** Anonymous private memory (`MAP_PRIVATE | MAP_ANONYMOUS`), not populated. */
   static anonymous(length: number, options: AnonymousOptions = {}): Mapping {
     Mapping.#checkLength("mmap", length, pageSize);
+    checkOptions("mmap", options, ["noHugepage"]);
+    checkBoolean("mmap", "noHugepage", options.noHugepage);
     const a = libc.mmap(0, length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_PRIVATE | mm.MAP_ANONYMOUS, -1, 0);
     if (a === -1) fail("mmap");
     if (options.noHugepage ?? true) libc.madvise(a, length, mm.MADV_NOHUGEPAGE);
@@ -316,6 +305,11 @@ export class Mapping {
    * mapping of the same pages (to fill them out of band, for MINOR/CONTINUE).
    */
   static memfd(length: number, options: MemfdOptions = {}): Mapping {
+    checkOptions("memfd_create", options, ["name", "hugetlb"]);
+    checkBoolean("memfd_create", "hugetlb", options.hugetlb);
+    if (options.name !== undefined && typeof options.name !== "string") {
+      throw invalid("memfd_create", `name must be a string (got ${describeValue(options.name)})`);
+    }
     const huge = options.hugetlb ?? false;
     const ps = huge ? hugePageSize() : pageSize;
     if (huge && ps === 0) throw invalid("memfd_create", "this kernel has no hugetlb support", "EOPNOTSUPP");
@@ -377,7 +371,17 @@ export class Mapping {
 
   /** Declares memory this library did not create (it will not be unmapped by close). */
   static adopt(address: number, length: number, pageSz: number = pageSize): Mapping {
-    if (address % pageSz !== 0) throw invalid("adopt", `address must be ${pageSz}-aligned`);
+    if (
+      typeof pageSz !== "number" || !Number.isSafeInteger(pageSz) || pageSz < pageSize ||
+      (pageSz & (pageSz - 1))
+    ) {
+      throw invalid("adopt", `pageSize must be a power of two >= ${pageSize} (got ${describeValue(pageSz)})`);
+    }
+    if (
+      typeof address !== "number" || !Number.isSafeInteger(address) || address <= 0 || address % pageSz !== 0
+    ) {
+      throw invalid("adopt", `address must be a ${pageSz}-aligned address (got ${describeValue(address)})`);
+    }
     Mapping.#checkLength("adopt", length, pageSz);
     return new Mapping(address, length, "adopted", pageSz, -1, false, false);
   }
@@ -433,6 +437,12 @@ export class Mapping {
 
   #sub(op: string, offset: number, length: number): number {
     this.#check(op);
+    if (typeof offset !== "number" || typeof length !== "number") {
+      throw invalid(
+        op,
+        `offset and length must be numbers (got ${describeValue(offset)}, ${describeValue(length)})`,
+      );
+    }
     if (offset % this.pageSize !== 0 || length % this.pageSize !== 0 || length <= 0) {
       throw invalid(op, `offset and length must be positive multiples of ${this.pageSize}`);
     }
@@ -445,6 +455,7 @@ export class Mapping {
   /** `madvise(advice)` on a page-aligned part of the mapping. */
   madvise(advice: number, offset = 0, length: number = this.length - offset): void {
     const a = this.#sub("madvise", offset, length);
+    checkInteger("madvise", "advice (an MADV_* number)", advice);
     if (libc.madvise(a, length, advice) !== 0) fail("madvise");
   }
 
@@ -461,6 +472,7 @@ export class Mapping {
   /** `mprotect` on a page-aligned part of the mapping. */
   protect(prot: number, offset = 0, length: number = this.length - offset): void {
     const a = this.#sub("mprotect", offset, length);
+    checkInteger("mprotect", "prot (PROT_* bits)", prot);
     if (libc.mprotect(a, length, prot) !== 0) fail("mprotect");
   }
 
@@ -472,6 +484,8 @@ export class Mapping {
   remap(newLength: number, options: { dontUnmap?: boolean; to?: number } = {}): Mapping {
     this.#check("mremap");
     Mapping.#checkLength("mremap", newLength, this.pageSize);
+    checkOptions("mremap", options, ["dontUnmap", "to"]);
+    checkBoolean("mremap", "dontUnmap", options.dontUnmap);
     if (options.to !== undefined && (options.to % this.pageSize !== 0 || options.to <= 0)) {
       throw invalid("mremap", `to must be a ${this.pageSize}-aligned address (got ${options.to})`);
     }

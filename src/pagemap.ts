@@ -6,9 +6,12 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { ioctl, O_CLOEXEC } from "./abi.ts";
+import { checkBoolean, checkInteger, checkOptions, checkRangeObject } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { checkNotClosed, checkRange, cstring, pageSize } from "./memory.ts";
 import { pm_scan_arg } from "./structs.ts";
+
+const SCAN_KEYS = ["required", "anyOf", "excluded", "report", "reprotect", "checkWpAsync", "maxPages"];
 
 /** `PAGE_IS_*` categories of PAGEMAP_SCAN. */
 export const PAGE_IS = {
@@ -89,6 +92,7 @@ export class PagemapScanner {
 
   /** Opens /proc/self/pagemap with room for `capacity` regions per PAGEMAP_SCAN call. */
   constructor(capacity = 1024) {
+    checkInteger("PagemapScanner", "capacity", capacity, 1);
     this.#fd = libc.open(cstring("/proc/self/pagemap"), O_CLOEXEC, 0);
     if (this.#fd < 0) throw new UffdError("open /proc/self/pagemap", libc.errno());
     this.#capacity = capacity;
@@ -99,6 +103,14 @@ export class PagemapScanner {
   scan(range: { start: number; len: number }, options: ScanOptions = {}): PageRegion[] {
     const op = "PAGEMAP_SCAN";
     if (this.#fd < 0) throw invalid(op, "the scanner is closed", "EBADF");
+    checkRangeObject(op, range);
+    checkOptions(op, options, SCAN_KEYS);
+    for (const k of ["required", "anyOf", "excluded", "report"] as const) {
+      checkInteger(op, `${k} (PAGE_IS.* bits)`, options[k]);
+    }
+    checkInteger(op, "maxPages", options.maxPages);
+    checkBoolean(op, "reprotect", options.reprotect);
+    checkBoolean(op, "checkWpAsync", options.checkWpAsync);
     checkNotClosed(op, range);
     checkRange(op, range.start, range.len); // pagemap scans this process only
     const required = options.required ?? PAGE_IS.WRITTEN;

@@ -32,6 +32,16 @@ import {
   UFFDIO_WRITEPROTECT_MODE_WP,
   UFFDIO_ZEROPAGE_MODE_DONTWAKE,
 } from "./abi.ts";
+import {
+  checkBoolean,
+  checkInteger,
+  checkNameList,
+  checkNumber,
+  checkOneOf,
+  checkOptions,
+  checkRangeObject,
+  describeValue,
+} from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { EventBuffer, type UffdEvent } from "./events.ts";
 import { FdWatcher } from "./fd_watcher.ts";
@@ -173,28 +183,12 @@ export interface ReadOptions {
 }
 
 let probed: ProbeResult | undefined;
+const OPEN_KEYS = ["features", "nonBlocking", "closeOnExec", "userModeOnly", "via", "handshake"] as const;
 const NR_fcntl = 72;
 const F_GETFL = 3;
 
-function checkKeys(op: string, options: object, allowed: readonly string[]): void {
-  // Only plain option bags are checked: a class instance that is a Range (a Mapping) carries
-  // its own fields (address, kind, ...) and is a valid argument wherever a Range is.
-  const proto = Object.getPrototypeOf(options);
-  if (proto !== Object.prototype && proto !== null) return;
-  // for-in, not Object.keys(): no array allocated per call (resolving ioctls can be hot).
-  for (const k in options) {
-    if (Object.hasOwn(options, k) && !allowed.includes(k)) {
-      throw invalid(op, `unknown option "${k}"; known: ${allowed.join(", ")}`);
-    }
-  }
-}
-
-function checkFeatureNames(op: string, features: readonly string[]): void {
-  for (const f of features) {
-    if (!(FEATURE_NAMES as readonly string[]).includes(f)) {
-      throw invalid(op, `unknown userfaultfd feature "${f}"; known: ${FEATURE_NAMES.join(", ")}`);
-    }
-  }
+function checkFeatureNames(op: string, features: unknown): asserts features is readonly FeatureName[] {
+  checkNameList(op, "features", features, FEATURE_NAMES);
 }
 
 function openFd(op: string, flags: number, via: OpenVia): { fd: number; via: "syscall" | "device" } {
@@ -276,18 +270,12 @@ export class Userfaultfd {
 
   /** Opens a descriptor and (by default) performs the API handshake with the requested features. */
   static open(options: OpenOptions = {}): Userfaultfd {
-    checkKeys("open", options, [
-      "features",
-      "nonBlocking",
-      "closeOnExec",
-      "userModeOnly",
-      "via",
-      "handshake",
-    ]);
-    const via = options.via ?? "auto";
-    if (!["auto", "syscall", "device"].includes(via)) {
-      throw invalid("open", `via must be "auto", "syscall" or "device" (got ${via})`);
+    checkOptions("open", options, OPEN_KEYS);
+    checkOneOf("open", "via", options.via, ["auto", "syscall", "device"]);
+    for (const k of ["nonBlocking", "closeOnExec", "userModeOnly", "handshake"] as const) {
+      checkBoolean("open", k, options[k]);
     }
+    const via = options.via ?? "auto";
     const features = options.features ?? [];
     checkFeatureNames("open", features);
     if (features.length > 0) {
@@ -329,11 +317,16 @@ export class Userfaultfd {
     features: readonly FeatureName[] | number = 0,
     options: FromFdOptions = {},
   ): Userfaultfd {
-    if (!Number.isInteger(fd) || fd < 0) throw invalid("fromFd", `not a descriptor: ${fd}`, "EBADF");
+    if (!Number.isInteger(fd) || fd < 0) {
+      throw invalid("fromFd", `fd must be a descriptor number >= 0 (got ${describeValue(fd)})`, "EBADF");
+    }
+    if (typeof features !== "number") checkFeatureNames("fromFd", features);
+    else checkInteger("fromFd", "features (a mask)", features);
+    checkOptions("fromFd", options, ["remote"]);
+    checkBoolean("fromFd", "remote", options.remote);
     const fl = libc.syscall(NR_fcntl, fd, F_GETFL);
     if (fl < 0) throw new UffdError("fromFd", libc.errno());
     const u = new Userfaultfd(fd, (fl & O_NONBLOCK) !== 0);
-    if (typeof features !== "number") checkFeatureNames("fromFd", features);
     u.#features = typeof features === "number" ? features : features.reduce((m, f) => m + featureBit(f), 0);
     u.#handshaken = true;
     u.#remote = options.remote ?? false;
@@ -345,6 +338,8 @@ export class Userfaultfd {
    * do the handshake only once). The result is cached for the process.
    */
   static probe(options: { refresh?: boolean } = {}): ProbeResult {
+    checkOptions("probe", options, ["refresh"]);
+    checkBoolean("probe", "refresh", options.refresh);
     if (probed && !options.refresh) return probed;
     const { fd, via } = openFd("probe", O_CLOEXEC | UFFD_USER_MODE_ONLY, "auto");
     try {
@@ -558,7 +553,11 @@ export class Userfaultfd {
   register(range: Range, options: RegisterOptions = {}): RegisterResult {
     const op = "UFFDIO_REGISTER";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["missing", "wp", "minor"]);
+    checkRangeObject(op, range);
+    checkOptions(op, options, ["missing", "wp", "minor"]);
+    checkBoolean(op, "missing", options.missing);
+    checkBoolean(op, "wp", options.wp);
+    checkBoolean(op, "minor", options.minor);
     checkNotClosed(op, range);
     this.#checkRange(op, range.start, range.len);
     const given = options.missing !== undefined || options.wp !== undefined || options.minor !== undefined;
@@ -575,6 +574,7 @@ export class Userfaultfd {
 
   #rangeOp(op: string, req: number, range: Range): void {
     this.#handshakeDone(op);
+    checkRangeObject(op, range);
     checkNotClosed(op, range);
     this.#checkRange(op, range.start, range.len);
     this.#range.set("start", range.start).set("len", range.len);
@@ -596,7 +596,16 @@ export class Userfaultfd {
   copy(options: CopyOptions): number {
     const op = "UFFDIO_COPY";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "src", "dontwake", "wp"]);
+    checkOptions(op, options, ["start", "len", "src", "dontwake", "wp"]);
+    checkBoolean(op, "dontwake", options.dontwake);
+    checkBoolean(op, "wp", options.wp);
+    if (typeof options.src !== "number" && !ArrayBuffer.isView(options.src)) {
+      throw invalid(
+        op,
+        "src must be an address (a number inside a library mapping) or the bytes to copy " +
+          `(a Uint8Array or another ArrayBufferView) (got ${describeValue(options.src)})`,
+      );
+    }
     checkNotClosed(op, options, "dst");
     this.#checkRange(op, options.start, options.len, "dst");
     this.#checkRegistered(op, options.start, options.len, options.wp ? UFFDIO_REGISTER_MODE_WP : 0, "dst");
@@ -627,7 +636,8 @@ export class Userfaultfd {
   zeropage(options: DontwakeRange): number {
     const op = "UFFDIO_ZEROPAGE";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "dontwake"]);
+    checkOptions(op, options, ["start", "len", "dontwake"]);
+    checkBoolean(op, "dontwake", options.dontwake);
     checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
     this.#checkRegistered(op, options.start, options.len);
@@ -640,8 +650,14 @@ export class Userfaultfd {
   writeprotect(options: WriteprotectOptions): void {
     const op = "UFFDIO_WRITEPROTECT";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "wp", "dontwake"]);
-    if (typeof options.wp !== "boolean") throw invalid(op, "wp must be true (protect) or false (unprotect)");
+    checkOptions(op, options, ["start", "len", "wp", "dontwake"]);
+    if (typeof options.wp !== "boolean") {
+      throw invalid(
+        op,
+        `wp must be a boolean, true (protect) or false (unprotect) (got ${describeValue(options.wp)})`,
+      );
+    }
+    checkBoolean(op, "dontwake", options.dontwake);
     checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
     this.#checkRegistered(op, options.start, options.len, UFFDIO_REGISTER_MODE_WP);
@@ -655,7 +671,9 @@ export class Userfaultfd {
   continue(options: ContinueOptions): number {
     const op = "UFFDIO_CONTINUE";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "dontwake", "wp"]);
+    checkOptions(op, options, ["start", "len", "dontwake", "wp"]);
+    checkBoolean(op, "dontwake", options.dontwake);
+    checkBoolean(op, "wp", options.wp);
     checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
     this.#checkRegistered(op, options.start, options.len, options.wp ? UFFDIO_REGISTER_MODE_WP : 0);
@@ -669,7 +687,8 @@ export class Userfaultfd {
   poison(options: DontwakeRange): number {
     const op = "UFFDIO_POISON";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "dontwake"]);
+    checkOptions(op, options, ["start", "len", "dontwake"]);
+    checkBoolean(op, "dontwake", options.dontwake);
     this.#need(op, "POISON");
     checkNotClosed(op, options);
     this.#checkRange(op, options.start, options.len);
@@ -683,7 +702,9 @@ export class Userfaultfd {
   move(options: MoveOptions): number {
     const op = "UFFDIO_MOVE";
     this.#handshakeDone(op);
-    checkKeys(op, options, ["start", "len", "src", "dontwake", "allowSrcHoles"]);
+    checkOptions(op, options, ["start", "len", "src", "dontwake", "allowSrcHoles"]);
+    checkBoolean(op, "dontwake", options.dontwake);
+    checkBoolean(op, "allowSrcHoles", options.allowSrcHoles);
     this.#need(op, "MOVE");
     if (this.#remote) {
       throw invalid(
@@ -730,6 +751,11 @@ export class Userfaultfd {
    */
   readEvents(buf: EventBuffer, options: ReadOptions = {}): number {
     this.#checkOpen("read");
+    if (!(buf instanceof EventBuffer)) {
+      throw invalid("read", `buf must be an EventBuffer (new EventBuffer(16)) (got ${describeValue(buf)})`);
+    }
+    checkOptions("read", options, ["timeout"]);
+    checkNumber("read", "timeout (milliseconds)", options.timeout);
     buf.count = 0;
     if (options.timeout !== undefined && !this.#waitReadable(options.timeout)) return 0;
     for (;;) {
@@ -771,6 +797,11 @@ export class Userfaultfd {
    */
   async *events(options: { signal?: AbortSignal; batch?: number } = {}): AsyncGenerator<UffdEvent> {
     this.#checkOpen("events");
+    checkOptions("events", options, ["signal", "batch"]);
+    checkInteger("events", "batch", options.batch, 1);
+    if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+      throw invalid("events", `signal must be an AbortSignal (got ${describeValue(options.signal)})`);
+    }
     const buf = new EventBuffer(options.batch ?? 16);
     const watcher = new FdWatcher(this.#fd);
     this.#watchers.add(watcher);

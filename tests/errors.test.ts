@@ -782,6 +782,7 @@ describe("a closed Mapping", () => {
 
   it("register, copy into it, zeropage, scan and bytes() say it was closed, not that the library never made it", () => {
     using uffd = Userfaultfd.open();
+    using scanner = new PagemapScanner();
     using src = Mapping.anonymous(pageSize);
     let m: Mapping;
     {
@@ -800,7 +801,7 @@ describe("a closed Mapping", () => {
         ],
         ["zeropage(m)", () => uffd.zeropage(m), "ENOENT"],
         ["unregister", () => uffd.unregister(m), "EINVAL"],
-        ["scan", () => new PagemapScanner().scan(m), "EINVAL"],
+        ["scan", () => scanner.scan(m), "EINVAL"],
         ["bytes()", () => m.bytes(), "EBADF"],
         ["dontneed()", () => m.dontneed(), "EBADF"],
       ] as const
@@ -825,5 +826,126 @@ describe("a closed Mapping", () => {
     } finally {
       libc.munmap(foreign, pageSize);
     }
+  });
+});
+
+describe("wrong option types", () => {
+  it("are refused before the syscall with the expected type, the valid values and what was given", async () => {
+    using uffd = Userfaultfd.open();
+    using mem = Mapping.anonymous(pageSize);
+    using src = Mapping.anonymous(pageSize);
+    using fresh = Userfaultfd.open({ handshake: false });
+    using scanner = new PagemapScanner();
+    uffd.register(mem);
+    // deno-lint-ignore no-explicit-any
+    const bad = (v: unknown) => v as any;
+    const cases: [string, () => unknown, RegExp][] = [
+      [
+        "features as a string",
+        () => Userfaultfd.open({ features: bad("THREAD_ID") }),
+        /features must be an array of names, e\.g\. \{ features: \["THREAD_ID"\] \} \(got the string "THREAD_ID"\); known: .*THREAD_ID/,
+      ],
+      [
+        "a feature that is not a string",
+        () => Userfaultfd.open({ features: bad([3]) }),
+        /must be a name string \(got number 3\)/,
+      ],
+      [
+        "via",
+        () => Userfaultfd.open({ via: bad("sys") }),
+        /via must be one of "auto", "syscall", "device" \(got the string "sys"\)/,
+      ],
+      [
+        "nonBlocking",
+        () => Userfaultfd.open({ nonBlocking: bad("yes") }),
+        /nonBlocking must be a boolean, true or false \(got the string "yes"\)/,
+      ],
+      [
+        "open's options",
+        () => Userfaultfd.open(bad("THREAD_ID")),
+        /options must be an object with some of features, nonBlocking/,
+      ],
+      [
+        "fromFd features",
+        () => Userfaultfd.fromFd(uffd.fd, bad("THREAD_ID")),
+        /features must be an array of names/,
+      ],
+      [
+        "api features",
+        () => fresh.api(bad("MOVE")),
+        /features must be an array of names, e\.g\. \{ features: \["MOVE"\] \}/,
+      ],
+      [
+        "register mode",
+        () => uffd.register(mem, { wp: bad("true") }),
+        /wp must be a boolean, true or false \(got the string "true"\)/,
+      ],
+      [
+        "register range",
+        () => uffd.register(bad(undefined)),
+        /range must be a Mapping or an object \{ start, len \} \(got undefined\)/,
+      ],
+      [
+        "a range start as a string",
+        () => uffd.register(bad({ start: "0x1000", len: pageSize })),
+        /start and length must be numbers: a page-aligned address and a byte count \(got the string "0x1000", number 4096\)/,
+      ],
+      [
+        "copy src",
+        () => uffd.copy({ start: mem.start, len: pageSize, src: bad("abc") }),
+        /src must be an address .* or the bytes to copy .*\(got the string "abc"\)/,
+      ],
+      [
+        "copy dontwake",
+        () => uffd.copy({ start: mem.start, len: pageSize, src: src.start, dontwake: bad(1) }),
+        /dontwake must be a boolean, true or false \(got number 1\)/,
+      ],
+      ["copy options", () => uffd.copy(bad(null)), /options must be an object with some of start, len, src/],
+      [
+        "writeprotect wp",
+        () => uffd.writeprotect({ start: mem.start, len: pageSize, wp: bad("yes") }),
+        /wp must be a boolean, true \(protect\) or false \(unprotect\) \(got the string "yes"\)/,
+      ],
+      [
+        "move allowSrcHoles",
+        () => uffd.move({ start: mem.start, len: pageSize, src: src.start, allowSrcHoles: bad("y") }),
+        /allowSrcHoles must be a boolean/,
+      ],
+      [
+        "read timeout",
+        () => uffd.readEvent({ timeout: bad("100") }),
+        /timeout \(milliseconds\) must be a number \(got the string "100"\)/,
+      ],
+      ["read buffer", () => uffd.readEvents(bad({})), /buf must be an EventBuffer/],
+      [
+        "Mapping length",
+        () => Mapping.anonymous(bad("4096")),
+        /length must be a positive multiple of 4096 bytes \(got the string "4096"\)/,
+      ],
+      ["memfd hugetlb", () => Mapping.memfd(pageSize, { hugetlb: bad("yes") }), /hugetlb must be a boolean/],
+      ["file path", () => Mapping.file(bad(42)), /path must be a non-empty string \(got number 42\)/],
+      [
+        "scan reprotect",
+        () => scanner.scan(mem, { reprotect: bad(1) }),
+        /reprotect must be a boolean/,
+      ],
+      [
+        "scan required",
+        () => scanner.scan(mem, { required: bad("WRITTEN") }),
+        /required \(PAGE_IS\.\* bits\) must be an integer >= 0 \(got the string "WRITTEN"\)/,
+      ],
+    ];
+    for (const [what, f, re] of cases) {
+      const e = throwsCode(f, "EINVAL", "library");
+      assert.match(e.message, re, what);
+    }
+    // events() checks when iterated
+    await assert.rejects(
+      (async () => {
+        for await (const _ of uffd.events({ batch: 0 })) break;
+      })(),
+      (e: unknown) =>
+        e instanceof UffdError && /batch must be an integer >= 1 \(got number 0\)/.test(e.message),
+    );
   });
 });
