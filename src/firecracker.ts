@@ -345,6 +345,13 @@ export class FirecrackerSession {
     this.done = new Promise<FirecrackerSummary>((resolve) => {
       this.#finish = (end, error) => {
         if (this.#summary) return;
+        // A VMM that died of a poisoned page hangs up before the monitor's next look: the
+        // restore still failed.
+        const st = this.server.stats;
+        if (end !== "error" && (this.server.state === "failed" || st.poisoned > 0 || st.unserved > 0)) {
+          end = "error";
+          error = this.server.lastError ?? "a page could not be served";
+        }
         clearInterval(monitor);
         hang.close();
         options.signal?.removeEventListener("abort", onAbort);
@@ -367,7 +374,7 @@ export class FirecrackerSession {
       const st = this.server.state;
       if (st === "failed") this.#finish("error", this.server.lastError ?? "the fault server failed");
       const s = this.server.stats;
-      if (s.poisoned > 0 || s.zeroed > 0) {
+      if (s.poisoned > 0 || s.zeroed > 0 || s.unserved > 0) {
         this.#finish("error", this.server.lastError ?? "a page could not be served");
       }
     }, 50);

@@ -182,6 +182,11 @@ export interface FaultServerStats {
   zeroPages: number;
   /** Faults at addresses outside every served region (not resolved by this server). */
   outside: number;
+  /**
+   * Pages whose fault could be neither served nor poisoned (a source failure on a descriptor
+   * without UFFD_FEATURE_POISON, such as a VMM's): their faulters stay blocked until close().
+   */
+  unserved: number;
 }
 
 /** Life cycle of a {@link FaultServer}'s Worker. */
@@ -535,6 +540,7 @@ export class FaultServer {
       prefetchMs: s[STAT.prefetchUs] / 1000,
       zeroPages: s[STAT.zeroPages],
       outside: s[STAT.outside],
+      unserved: s[STAT.unserved],
     };
   }
 

@@ -42,9 +42,11 @@ export const STAT = {
   recordDropped: 26,
   /** Faults outside every served region (not resolved here). */
   outside: 27,
+  /** Pages whose fault could be neither served nor poisoned (the faulter stays blocked). */
+  unserved: 28,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 28;
+export const STAT_COUNT = 29;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {

@@ -410,12 +410,21 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       if (r > 0 || r === -EEXIST) pages[p] = PAGE.placed;
       if (r > 0) stats[STAT.zeroed]++;
       else if (r === -EEXIST) wake(p, 1);
-    } else if (rangeOp(ioctl.UFFDIO_POISON, p, 1) === -EEXIST) {
-      pages[p] = PAGE.placed; // placed after all (a thread that ended just after its copy)
-      wake(p, 1);
     } else {
-      pages[p] = PAGE.poisoned;
-      stats[STAT.poisoned]++;
+      const r = rangeOp(ioctl.UFFDIO_POISON, p, 1);
+      if (r === -EEXIST) {
+        pages[p] = PAGE.placed; // placed after all (a thread that ended just after its copy)
+        wake(p, 1);
+      } else if (r > 0) {
+        pages[p] = PAGE.poisoned;
+        stats[STAT.poisoned]++;
+      } else {
+        // No POISON on this descriptor (a VMM's, opened without it) or the range went away: the
+        // faulter stays blocked. Counted, so a caller (the Firecracker session) can act on it.
+        pages[p] = PAGE.poisoned;
+        stats[STAT.unserved]++;
+        recordError(`page ${p} (offset ${p * ps}) could not be served nor poisoned (errno ${-r})`);
+      }
     }
   }
 
