@@ -139,3 +139,4 @@ export {
   verifyAll,
 } from "./src/snapshot/mod.ts";
 export { type SnapshotChecksums } from "./src/server/sources.ts";
+export { openUrlSource, type UrlPageSource, type UrlSourceOptions } from "./src/server/url.ts";

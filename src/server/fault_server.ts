@@ -4,7 +4,7 @@
  * counters live in shared memory and can be read at any time without messaging.
  * @module
  */
-import { Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { invalid, UffdError } from "../errors.ts";
 import { EventFd } from "../eventfd.ts";
 import { Mapping, pageSize as systemPageSize } from "../memory.ts";
@@ -187,6 +187,22 @@ export interface FaultServerStats {
    * without UFFD_FEATURE_POISON, such as a VMM's): their faulters stay blocked until close().
    */
   unserved: number;
+  /** url source: bytes fetched over HTTP. */
+  fetchedBytes: number;
+  /** url source: range requests made (retries included). */
+  requests: number;
+  /** url source: chunks read from the cache directory instead of the network. */
+  cacheHits: number;
+  /** url source: faults whose chunk was already in the memory cache. */
+  memoryHits: number;
+  /** url source: requests retried (timeouts, failed connections, short bodies). */
+  fetchRetries: number;
+  /** url source: chunks that failed after their retries (their pages resolved by `onError`). */
+  fetchErrors: number;
+  /** url source: mean time of a successful range request, ms. */
+  fetchMeanMs: number;
+  /** url source: the slowest successful range request, ms. */
+  fetchMaxMs: number;
 }
 
 /** Life cycle of a {@link FaultServer}'s Worker. */
@@ -223,6 +239,8 @@ export class FaultServer {
   readonly #threads: Worker[] = [];
   readonly #owned: Mapping[] = [];
   readonly #hold: unknown[] = [];
+  readonly #releases: (() => void)[] = [];
+  #fetcher = false;
   readonly #closeTimeoutMs: number;
   #closed = false;
   #exited: Promise<void>;
@@ -276,6 +294,8 @@ export class FaultServer {
       const opened = openSource(src);
       this.#owned.push(...opened.owned);
       this.#hold.push(...opened.hold);
+      if (opened.release) this.#releases.push(opened.release);
+      this.#fetcher = opened.fetcher ?? false;
       const length = opened.length;
       let list: Array<{ start: number; length: number; first: number }>;
       let ps: number;
@@ -384,17 +404,29 @@ export class FaultServer {
       readyReject(new UffdError("FaultServer", 5, { source: "library", detail }));
     };
     let alive = 0;
+    // Ready once the serving thread serves and, for a url source, the fetcher listens (Deno hands a
+    // transferred port over through the main thread: it must not be blocked on a fault by then).
+    let notReady = this.#fetcher ? 2 : 1;
+    const oneReady = (): void => {
+      if (--notReady === 0) readyResolve();
+    };
+    // A url source's fetcher takes requests from whichever thread serves: one channel each.
+    const fetchPorts: MessagePort[] = [];
     const spawn = (role: "primary" | "standby"): void => {
       // A warm thread of this role if there is one (its modules are loaded), else a new one.
       // unref: a server that was never closed must not keep the process alive.
+      const ch = this.#fetcher ? new MessageChannel() : undefined;
+      if (ch) fetchPorts.push(ch.port2);
+      const port = ch?.port1;
       const warm = takeWarm(role);
-      const w = warm ?? new Worker(url, { workerData: { role, init } });
-      if (warm) w.postMessage({ type: "init", init });
+      const w = warm ??
+        new Worker(url, { workerData: { role, init, port }, transferList: port ? [port] : [] });
+      if (warm) w.postMessage({ type: "init", init, port }, port ? [port] : []);
       alive++;
       w.unref();
       w.on("message", (m: { type: string; message?: string }) => {
         w.unref(); // again: Bun refs a thread that starts after an early unref()
-        if (m.type === "ready") readyResolve();
+        if (m.type === "ready") oneReady();
         else if (m.type === "error") failed(`${role} thread failed: ${m.message}`);
         else if (m.type === "takeover" && !this.#closed) spawn("standby"); // a standby for the new serving thread
       });
@@ -406,6 +438,22 @@ export class FaultServer {
     };
     spawn("primary");
     spawn("standby");
+    if (this.#fetcher) {
+      // The url source's fetcher: range requests into the chunk cache (see fetcher.ts).
+      const warm = takeWarm("fetcher");
+      const f = warm ??
+        new Worker(url, {
+          workerData: { role: "fetcher", init, ports: fetchPorts },
+          transferList: fetchPorts,
+        });
+      if (warm) f.postMessage({ type: "init", init, ports: fetchPorts }, fetchPorts);
+      f.on("message", (m: { type: string }) => {
+        if (m.type === "ready") oneReady();
+      });
+      f.unref();
+      f.on("error", (e: Error) => failed(`fetcher thread crashed: ${e.message}`));
+      this.#threads.push(f);
+    }
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
   }
 
@@ -413,12 +461,15 @@ export class FaultServer {
    * Starts `count` pairs of server threads (serving and standby) ahead of time, so a server
    * created later starts serving at once instead of after a thread's start-up (tens to hundreds
    * of milliseconds: the runtime and the modules load). A restore handler calls it while it waits
-   * for its VMM. Idle warm threads do not keep the process alive.
+   * for its VMM. `fetcher: true` also starts the fetcher thread of a `url` source. Idle warm
+   * threads do not keep the process alive.
    */
-  static warm(count = 1): void {
+  static warm(count = 1, options: { fetcher?: boolean } = {}): void {
     const url = new URL("./worker.ts", import.meta.url);
     for (let i = 0; i < count; i++) {
-      for (const role of ["primary", "standby"] as const) {
+      const roles: ("primary" | "standby" | "fetcher")[] = ["primary", "standby"];
+      if (options.fetcher) roles.push("fetcher");
+      for (const role of roles) {
         const w = new Worker(url, { workerData: { role } });
         w.unref();
         w.on("error", () => {
@@ -541,6 +592,14 @@ export class FaultServer {
       zeroPages: s[STAT.zeroPages],
       outside: s[STAT.outside],
       unserved: s[STAT.unserved],
+      fetchedBytes: s[STAT.fetchBytes],
+      requests: s[STAT.fetchRequests],
+      cacheHits: s[STAT.cacheHits],
+      memoryHits: s[STAT.memoryHits],
+      fetchRetries: s[STAT.fetchRetries],
+      fetchErrors: s[STAT.fetchErrors],
+      fetchMeanMs: s[STAT.fetchCount] > 0 ? s[STAT.fetchUs] / s[STAT.fetchCount] / 1000 : 0,
+      fetchMaxMs: s[STAT.fetchMaxUs] / 1000,
     };
   }
 
@@ -636,6 +695,7 @@ export class FaultServer {
 
   #release(closeUffd = true): void {
     if (closeUffd) this.uffd?.close();
+    for (const r of this.#releases.splice(0)) r();
     for (const m of this.#owned) m.close();
     this.#stop.close();
   }
@@ -658,9 +718,9 @@ export class FaultServer {
 }
 
 /** Threads started by FaultServer.warm(), waiting for their init message. */
-const warmPool: { role: "primary" | "standby"; worker: Worker }[] = [];
+const warmPool: { role: "primary" | "standby" | "fetcher"; worker: Worker }[] = [];
 
-function takeWarm(role: "primary" | "standby"): Worker | undefined {
+function takeWarm(role: "primary" | "standby" | "fetcher"): Worker | undefined {
   const i = warmPool.findIndex((e) => e.role === role);
   return i < 0 ? undefined : warmPool.splice(i, 1)[0].worker;
 }
@@ -842,6 +902,7 @@ function checkCombination(src: PageSource, placement: Placement): void {
     bytes: ["copy", "move"],
     file: ["copy", "move"],
     snapshot: ["copy"],
+    url: ["copy"],
     zero: ["zeropage"],
     memfd: ["continue"],
     module: ["copy", "move"],

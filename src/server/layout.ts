@@ -44,9 +44,27 @@ export const STAT = {
   outside: 27,
   /** Pages whose fault could be neither served nor poisoned (the faulter stays blocked). */
   unserved: 28,
+  /** url source: bytes fetched over HTTP. */
+  fetchBytes: 29,
+  /** url source: HTTP requests made (retries included). */
+  fetchRequests: 30,
+  /** url source: chunks found in the cache directory. */
+  cacheHits: 31,
+  /** url source: requests retried. */
+  fetchRetries: 32,
+  /** url source: total microseconds of successful fetches. */
+  fetchUs: 33,
+  /** url source: successful fetches. */
+  fetchCount: 34,
+  /** url source: the slowest successful fetch, microseconds. */
+  fetchMaxUs: 35,
+  /** url source: chunks that failed (after retries). */
+  fetchErrors: 36,
+  /** url source: faults that found their chunk in the memory cache. */
+  memoryHits: 37,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 29;
+export const STAT_COUNT = 38;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {
@@ -109,6 +127,7 @@ export type SourceInit =
     /** Chunk checksums checked before a chunk's first page is placed, or undefined. */
     verify?: VerifyInit;
   }
+  | UrlInit
   | { kind: "zero" }
   | { kind: "memfd" }
   | { kind: "module"; url: string; options: unknown; length: number };
@@ -136,6 +155,44 @@ export interface VerifyInit {
 
 /** Chunk states of {@link VerifyInit.state}. */
 export const CHUNK = { none: 0, unchecked: 1, good: 2, bad: 3 } as const;
+
+/** A url source: chunks fetched over HTTP into a cache of slots (see fetcher.ts). */
+export interface UrlInit {
+  kind: "url";
+  /** The object. */
+  url: string;
+  /** Its length in bytes (from the opening request). */
+  length: number;
+  /** Its ETag when opened, or null when the server sends none. */
+  etag: string | null;
+  /** Bytes per chunk (a multiple of the page size). */
+  chunkSize: number;
+  /** Address of the memory cache: `slots` chunks. */
+  cache: number;
+  /** Chunks the memory cache holds. */
+  slots: number;
+  /** A directory whose chunk files a later restore reuses, or null. */
+  cacheDir: string | null;
+  /** Fetches in flight at most. */
+  concurrency: number;
+  /** Per-request timeout, ms. */
+  timeoutMs: number;
+  /** Retries of a failed request. */
+  retries: number;
+  /** Hex SHA-256 per chunk, or null. */
+  sha256: (string | null)[] | null;
+  /** Extra request headers. */
+  headers: Record<string, string>;
+  /** Int32Array per chunk: CHUNK_STATE. */
+  state: SharedArrayBuffer;
+  /** Int32Array per chunk: its cache slot, or -1. */
+  slotOf: SharedArrayBuffer;
+  /** eventfd the fetcher signals when a chunk is ready or failed. */
+  doneFd: number;
+}
+
+/** States of a url source's chunk. */
+export const CHUNK_STATE = { absent: 0, fetching: 1, ready: 2, failed: 3 } as const;
 
 /** Entries of the region table (Float64Array): start address, length in bytes, first page index. */
 export const REGION_WORDS = 3;

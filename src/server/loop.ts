@@ -9,7 +9,7 @@ import { libc } from "../../ffi/mod.ts";
 import { ioctl, UFFD_EVENT } from "../abi.ts";
 import { ERRNO } from "../errors.ts";
 import { POLLIN } from "../eventfd.ts";
-import { CHUNK, CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
+import { CHUNK, CHUNK_STATE, CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
 import { chunkDigest } from "../snapshot/digest.ts";
 
 const TWO32 = 4294967296;
@@ -32,7 +32,12 @@ export type FillFunction = (
  * standby watches this thread (a thread taking over without one gives a page whose
  * source ended the previous thread no retry: nothing would survive another such end).
  */
-export async function serve(init: ServerInit, fill?: FillFunction, guarded = true): Promise<void> {
+export async function serve(
+  init: ServerInit,
+  fill?: FillFunction,
+  guarded = true,
+  fetchPort?: { postMessage(m: unknown): void },
+): Promise<void> {
   const { fd, stopFd, placement } = init;
   const ps = init.pageSize;
   const stats = new Float64Array(init.stats);
@@ -76,7 +81,12 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     return -1;
   }
 
-  const pollfds = new Int32Array([fd, POLLIN, stopFd, POLLIN]);
+  // A url source adds the fetcher's completion eventfd to the poll set.
+  const urlSrc = init.source.kind === "url" ? init.source : undefined;
+  const pollfds = new Int32Array(
+    urlSrc ? [fd, POLLIN, stopFd, POLLIN, urlSrc.doneFd, POLLIN] : [fd, POLLIN, stopFd, POLLIN],
+  );
+  const nfds = urlSrc ? 3 : 2;
   const revents = new Uint16Array(pollfds.buffer);
   const msg = new Uint8Array(32 * init.batch);
   const mw = new Uint32Array(msg.buffer);
@@ -132,6 +142,9 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   const FROM_ZERO = 2;
   /** FROM_LAYER + k: layer k of a layered source (k >= 1, as in the page table). */
   const FROM_LAYER = 2;
+  /** A url source's cached chunk: page a is at cacheFrom + a * ps (set before the call). */
+  const FROM_CACHE = -1;
+  let cacheFrom = 0;
   /** Mode bits of the placement ioctls: DONTWAKE while the prefetcher installs pages. */
   let mode = 0;
   const stagingView = init.stagingLen > 0 ? new Uint8Array(libc.view(staging, init.stagingLen)) : undefined;
@@ -189,7 +202,9 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     put(
       cpw,
       2,
-      from === FROM_SOURCE
+      from === FROM_CACHE
+        ? cacheFrom + a * ps
+        : from === FROM_SOURCE
         ? srcBase + a * ps
         : from === FROM_STAGING
         ? staging
@@ -515,8 +530,138 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     return DONE;
   }
 
+  // ---- url source: chunks fetched by the fetcher thread into cache slots (see fetcher.ts) ----
+  const urlChunk = urlSrc ? new Int32Array(urlSrc.state) : new Int32Array(0);
+  const slotOfChunk = urlSrc ? new Int32Array(urlSrc.slotOf) : new Int32Array(0);
+  const chunkBytes = urlSrc?.chunkSize ?? ps;
+  const ppc = chunkBytes / ps; // pages per chunk
+  const nChunks = urlSrc ? Math.ceil(urlSrc.length / chunkBytes) : 0;
+  const nSlots = urlSrc?.slots ?? 0;
+  const slotChunk = new Int32Array(nSlots).fill(-1);
+  const slotStamp = new Float64Array(nSlots);
+  const parkedOn = new Int32Array(nChunks); // faults parked on each chunk (it may not be evicted)
+  const isWanted = new Uint8Array(nChunks);
+  const wantedQ = new Int32Array(Math.max(1, nChunks));
+  let nWanted = 0;
+  const parked = new Float64Array(Math.max(64, init.batch * 8));
+  let nParked = 0;
+  let fetching = 0;
+  let stamp = 0;
+  const efdBuf = new Uint8Array(8);
+  const seqAhead = urlSrc ? Math.max(1, Math.min(urlSrc.concurrency, nSlots >> 2)) : 1;
+
+  /** A free cache slot, or the least recently used one whose chunk is done and awaited by no fault. */
+  function slotFor(): number {
+    let best = -1;
+    for (let s = 0; s < nSlots; s++) {
+      const c = slotChunk[s];
+      if (c < 0) return s;
+      const st = Atomics.load(urlChunk, c);
+      if (st === CHUNK_STATE.fetching || parkedOn[c] > 0) continue;
+      if (best < 0 || slotStamp[s] < slotStamp[best]) best = s;
+    }
+    if (best >= 0) {
+      const old = slotChunk[best];
+      slotOfChunk[old] = -1;
+      Atomics.store(urlChunk, old, CHUNK_STATE.absent);
+    }
+    return best;
+  }
+
+  /** Asks the fetcher for chunk c (once), into a slot; without a free slot it waits in wantedQ. */
+  function request(c: number): void {
+    if (c < 0 || c >= nChunks || Atomics.load(urlChunk, c) !== CHUNK_STATE.absent) return;
+    const s = slotFor();
+    if (s < 0) {
+      if (isWanted[c] === 0) {
+        isWanted[c] = 1;
+        wantedQ[nWanted++] = c;
+      }
+      return;
+    }
+    isWanted[c] = 0;
+    slotChunk[s] = c;
+    slotStamp[s] = ++stamp;
+    slotOfChunk[c] = s;
+    Atomics.store(urlChunk, c, CHUNK_STATE.fetching);
+    fetching++;
+    fetchPort!.postMessage(c); // one message per chunk (not per fault)
+  }
+
+  /**
+   * A fault on page p of a url source: placed from the cached chunk, or parked until the fetcher
+   * has it (true: handled or parked; false: retry after events).
+   */
+  function resolveUrl(p: number): boolean {
+    if (!regionOf(p)) return true;
+    if (pages[p] !== PAGE.empty) {
+      const w = begin(p);
+      return w === HANDLED;
+    }
+    const c = Math.floor(p / ppc);
+    const st = Atomics.load(urlChunk, c);
+    if (st === CHUNK_STATE.failed) {
+      fail(p); // after the fetcher's retries (the reason is in lastError)
+      return true;
+    }
+    if (st !== CHUNK_STATE.ready) {
+      if (st === CHUNK_STATE.absent) request(c);
+      // Sequential faults: the chunk before this one is done, so ask for the next one too.
+      if (c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready) request(c + 1);
+      parked[nParked++] = p;
+      parkedOn[c]++;
+      return true;
+    }
+    stats[STAT.memoryHits]++;
+    begin(p); // the window
+    const lo = c * ppc;
+    const hi = lo + ppc;
+    const a = winA < lo ? lo : winA;
+    const b = winB > hi ? hi : winB;
+    slotStamp[slotOfChunk[c]] = ++stamp;
+    cacheFrom = urlSrc!.cache + slotOfChunk[c] * chunkBytes - lo * ps;
+    // Reading into the second half of a chunk: the next one is probably wanted soon, and when the
+    // chunk before is cached too (a sequential stream) several next ones, fetched in parallel.
+    if (b > lo + (ppc >> 1)) {
+      const ahead = c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready ? seqAhead : 1;
+      for (let k = 1; k <= ahead; k++) request(c + k);
+    }
+    let k = finish(p, a, b, placeFrom(ioctl.UFFDIO_COPY, a, b - a, FROM_CACHE));
+    if (k === SINGLE) k = finishSingle(p, placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_CACHE));
+    return k === DONE;
+  }
+
+  /** The fetcher finished chunks: resolve the faults parked on them, then serve waiting requests. */
+  function fetchesDone(): void {
+    libc.read(urlSrc!.doneFd, efdBuf, 8);
+    const n = nParked;
+    nParked = 0;
+    for (let i = 0; i < n; i++) {
+      const p = parked[i];
+      const c = Math.floor(p / ppc);
+      if (Atomics.load(urlChunk, c) === CHUNK_STATE.fetching) {
+        parked[nParked++] = p;
+        continue;
+      }
+      parkedOn[c]--;
+      if (!resolveUrl(p)) deferred[nDeferred++] = p;
+    }
+    fetching = 0;
+    for (let s = 0; s < nSlots; s++) {
+      if (slotChunk[s] >= 0 && Atomics.load(urlChunk, slotChunk[s]) === CHUNK_STATE.fetching) fetching++;
+    }
+    const w = nWanted;
+    nWanted = 0;
+    for (let i = 0; i < w; i++) {
+      const c = wantedQ[i];
+      isWanted[c] = 0;
+      if (Atomics.load(urlChunk, c) === CHUNK_STATE.absent) request(c);
+    }
+  }
+
   /** Resolves a fault on page p with a synchronous placement; false: retry after events. */
   function resolveSync(p: number): boolean {
+    if (urlSrc) return resolveUrl(p);
     if (!regionOf(p)) return true;
     const w = begin(p);
     if (w !== PLACE) return w === HANDLED;
@@ -698,6 +843,8 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
   const planLen = plan?.length ?? 0;
   const planRun = Math.max(1, init.prefetchRun);
   let planNext = 0;
+  let planScan = 0;
+  let planStalled = false;
   let planAgain = 0;
   let prefetching = planLen > 0;
   const planStart = performance.now();
@@ -724,12 +871,35 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     }
     const a = t[planNext];
     let n = 1;
+    let lim = rHi;
+    if (urlSrc) {
+      // Keep the fetcher busy with the plan's next chunks (in parallel), then place what is cached.
+      const ahead = Math.max(1, Math.min(urlSrc.concurrency * 2, nSlots >> 1));
+      while (planScan < planLen && fetching < ahead) {
+        const q = t[planScan++];
+        if (q >= 0 && q < nPages && pages[q] === PAGE.empty) request(Math.floor(q / ppc));
+      }
+      const c = Math.floor(a / ppc);
+      const st = Atomics.load(urlChunk, c);
+      if (st === CHUNK_STATE.failed) {
+        planNext++; // a demand fault, if any, resolves it by the policy
+        return true;
+      }
+      if (st !== CHUNK_STATE.ready) {
+        request(c);
+        planStalled = true; // the loop blocks in poll() until the fetcher signals
+        return true;
+      }
+      lim = Math.min(rHi, (c + 1) * ppc);
+      cacheFrom = urlSrc.cache + slotOfChunk[c] * chunkBytes - c * ppc * ps;
+      slotStamp[slotOfChunk[c]] = ++stamp;
+    }
     while (
-      n < planRun && planNext + n < planLen && t[planNext + n] === a + n && a + n < rHi &&
+      n < planRun && planNext + n < planLen && t[planNext + n] === a + n && a + n < lim &&
       pages[a + n] === PAGE.empty
     ) n++;
     mode = MODE_DONTWAKE;
-    const r = placeSync(a, n);
+    const r = urlSrc ? placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_CACHE) : placeSync(a, n);
     mode = 0;
     if (r > 0) {
       const done = r / ps;
@@ -757,9 +927,10 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
     for (;;) {
       revents[3] = 0;
       revents[7] = 0;
+      revents[11] = 0;
       let ready = 0;
-      if (prefetching) {
-        ready = libc.poll(pollfds, 2, 0);
+      if (prefetching && !planStalled) {
+        ready = libc.poll(pollfds, nfds, 0);
         if (ready === 0) {
           if (nDeferred > 0) retryDeferred();
           prefetching = prefetchStep();
@@ -768,27 +939,38 @@ export async function serve(init: ServerInit, fill?: FillFunction, guarded = tru
       } else if (spinMs > 0 && nDeferred === 0) {
         const until = performance.now() + spinMs;
         do {
-          ready = libc.poll(pollfds, 2, 0);
+          ready = libc.poll(pollfds, nfds, 0);
         } while (ready === 0 && performance.now() < until);
         if (ready > 0) stats[STAT.spinHits]++;
       }
-      if (ready === 0 && !prefetching) ready = libc.poll(pollfds, 2, nDeferred > 0 ? 1 : -1);
+      if (ready === 0 && (!prefetching || planStalled)) {
+        ready = libc.poll(pollfds, nfds, nDeferred > 0 ? 1 : -1);
+      }
       if (ready < 0) {
         if (libc.errno() === EINTR) continue;
         throw new Error(`poll failed: errno ${libc.errno()}`);
       }
       if (revents[7] !== 0) break;
+      if (urlSrc && revents[11] !== 0) {
+        fetchesDone();
+        planStalled = false;
+      }
       if (revents[3] !== 0) readBatch();
       if (nDeferred > 0) retryDeferred();
       if (nPending > 0) await drainPending();
     }
     // Stop requested: serve what is already queued so no faulter is left waiting.
-    for (let tries = 0; tries < 1000; tries++) {
+    // (Faults parked on a fetch wait for it, up to a few seconds.)
+    for (let tries = 0; tries < (urlSrc ? 5000 : 1000); tries++) {
       revents[3] = 0;
-      const more = libc.poll(pollfds, 1, nDeferred > 0 ? 1 : 0) > 0 && readBatch();
+      revents[11] = 0;
+      const waitMs = nDeferred > 0 || nParked > 0 ? 1 : 0;
+      const r = libc.poll(pollfds, urlSrc ? 3 : 1, waitMs);
+      if (urlSrc && r > 0 && revents[11] !== 0) fetchesDone();
+      const more = r > 0 && revents[3] !== 0 && readBatch();
       if (nDeferred > 0) retryDeferred();
       if (nPending > 0) await drainPending();
-      if (!more && nDeferred === 0) break;
+      if (!more && nDeferred === 0 && nParked === 0) break;
     }
     if (mem) stats[STAT.heapNow] = mem().heapUsed;
     Atomics.store(ctrl, CTRL.state, STATE.stopped);

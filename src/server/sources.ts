@@ -16,6 +16,8 @@ import { libc } from "../../ffi/mod.ts";
 import { invalid, UffdError } from "../errors.ts";
 import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
 import { CHUNK, type SourceInit, type VerifyInit } from "./layout.ts";
+import type { UrlPageSource } from "./url.ts";
+import { EventFd } from "../eventfd.ts";
 import { chunkDigest, fromHex, toHex } from "../snapshot/digest.ts";
 
 /**
@@ -44,6 +46,8 @@ export interface SnapshotChecksums {
  *   and diff layers on top of it (`layers`, bottom first: sparse files of the same layout where
  *   written pages hold data and clean pages are holes). A page comes from the topmost layer whose
  *   file has data there; a page that is a hole in every file is a zero page. No merge step.
+ * - `url`: an object over HTTP, fetched in chunks with range requests into a bounded memory cache (and
+ *   optionally a cache directory): open it with {@link openUrlSource}.
  * - `zero`: zero pages (UFFDIO_ZEROPAGE), `length` bytes.
  * - `memfd`: a memfd {@link Mapping} (shmem or hugetlb) whose pages are populated out of band
  *   (through it or an alias); the server maps the same pages and resolves minor faults with
@@ -55,6 +59,7 @@ export type PageSource =
   | { kind: "bytes"; data: SharedArrayBuffer | ArrayBufferView | ArrayBuffer }
   | { kind: "file"; path: string }
   | { kind: "snapshot"; path: string; layers?: string[]; checksums?: SnapshotChecksums }
+  | UrlPageSource
   | { kind: "zero"; length: number }
   | { kind: "memfd"; mapping: Mapping }
   | { kind: "module"; url: string | URL; length: number; options?: unknown };
@@ -64,6 +69,7 @@ export const SOURCE_KINDS: readonly PageSource["kind"][] = [
   "bytes",
   "file",
   "snapshot",
+  "url",
   "zero",
   "memfd",
   "module",
@@ -71,7 +77,8 @@ export const SOURCE_KINDS: readonly PageSource["kind"][] = [
 
 /** Whether the kernel copies the source's pages straight from an address (prefetch works). */
 export function isAddressSource(src: PageSource): boolean {
-  return src.kind === "bytes" || src.kind === "file" || src.kind === "snapshot" || src.kind === "zero";
+  return src.kind === "bytes" || src.kind === "file" || src.kind === "snapshot" || src.kind === "zero" ||
+    src.kind === "url";
 }
 
 /** A source opened for serving: what the Worker gets, the source's length, what to keep alive. */
@@ -84,6 +91,10 @@ export interface OpenedSource {
   owned: Mapping[];
   /** Buffers whose addresses the kernel reads: keep them referenced. */
   hold: unknown[];
+  /** Releases what is not a mapping (a url source's eventfd). */
+  release?: () => void;
+  /** A url source: the server starts a fetcher thread. */
+  fetcher?: boolean;
 }
 
 /** Opens a source: maps files, copies a non-shared buffer, checks lengths. */
@@ -104,6 +115,8 @@ export function openSource(src: PageSource): OpenedSource {
     }
     case "snapshot":
       return openSnapshot(src.path, src.layers ?? [], src.checksums);
+    case "url":
+      return openUrl(src);
     case "zero":
       checkLength(src.length);
       return { init: () => ({ kind: "zero" }), length: src.length, owned: [], hold: [] };
@@ -286,6 +299,64 @@ function verifyInit(
     }),
     lengths: files.map((f) => f.length),
     names: files.map((f) => f.path),
+  };
+}
+
+/** Prepares a url source's chunk cache and shared state (the fetcher thread does the requests). */
+function openUrl(src: UrlPageSource): OpenedSource {
+  const bad = (detail: string): UffdError => invalid("FaultServer", `url source: ${detail}`);
+  if (typeof src.url !== "string" || !Number.isSafeInteger(src.length) || src.length <= 0) {
+    throw bad("open it with openUrlSource(url) (it needs the object's length from the server)");
+  }
+  const chunkSize = src.chunkSize ?? 2 << 20;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0 || chunkSize % systemPageSize !== 0) {
+    throw bad(`chunkSize must be a positive multiple of ${systemPageSize} (got ${src.chunkSize})`);
+  }
+  const concurrency = src.concurrency ?? 8;
+  const timeoutMs = src.timeoutMs ?? 10000;
+  const retries = src.retries ?? 3;
+  for (
+    const [k, v, min] of [["concurrency", concurrency, 1], ["timeoutMs", timeoutMs, 1], [
+      "retries",
+      retries,
+      0,
+    ]] as const
+  ) {
+    if (!Number.isInteger(v) || v < min) throw bad(`${k} must be a whole number >= ${min} (got ${v})`);
+  }
+  const chunks = Math.ceil(src.length / chunkSize);
+  if (src.sha256 !== undefined && (!Array.isArray(src.sha256) || src.sha256.length !== chunks)) {
+    throw bad(`sha256 must list one digest (or null) per ${chunkSize}-byte chunk: ${chunks} expected`);
+  }
+  const slots = Math.max(concurrency * 2 + 2, Math.floor((src.cacheBytes ?? 256 << 20) / chunkSize));
+  const cache = Mapping.anonymous(Math.min(slots, chunks + 1) * chunkSize);
+  const done = new EventFd();
+  const state = new Int32Array(new SharedArrayBuffer(chunks * 4));
+  const slotOf = new Int32Array(new SharedArrayBuffer(chunks * 4)).fill(-1);
+  return {
+    length: src.length,
+    owned: [cache],
+    hold: [],
+    fetcher: true,
+    release: () => done.close(),
+    init: () => ({
+      kind: "url",
+      url: src.url,
+      length: src.length,
+      etag: src.etag ?? null,
+      chunkSize,
+      cache: cache.start,
+      slots: cache.length / chunkSize,
+      cacheDir: src.cacheDir ?? null,
+      concurrency,
+      timeoutMs,
+      retries,
+      sha256: src.sha256 ?? null,
+      headers: { ...src.headers },
+      state: state.buffer as SharedArrayBuffer,
+      slotOf: slotOf.buffer as SharedArrayBuffer,
+      doneFd: done.fd,
+    }),
   };
 }
 

@@ -16,8 +16,9 @@
  *   again while none watches is not recovered: faulters then wait until close().
  * @module
  */
-import { parentPort, workerData } from "node:worker_threads";
+import { type MessagePort, parentPort, workerData } from "node:worker_threads";
 import { type FillFunction, serve } from "./loop.ts";
+import { fetchLoop } from "./fetcher.ts";
 import { CTRL, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
 import { libc } from "../../ffi/mod.ts";
 import { ioctl } from "../abi.ts";
@@ -36,15 +37,27 @@ interface SourceModule {
   default?: { fill?: FillFunction; init?: (options: unknown) => void | Promise<void> };
 }
 
-const data = workerData as { role: "primary" | "standby"; init?: ServerInit };
+const data = workerData as {
+  role: "primary" | "standby" | "fetcher";
+  init?: ServerInit;
+  /** url source: the channel to the fetcher thread. */
+  port?: MessagePort;
+  /** The fetcher: one channel per serving thread. */
+  ports?: MessagePort[];
+};
+let fetchPort = data.port;
 const role = data.role;
 const post = (m: unknown): void => parentPort?.postMessage(m);
 // A warm thread (FaultServer.warm) starts without a server: it loads its modules, then waits
 // for the init message of the server that takes it.
 const init: ServerInit = data.init ?? await new Promise<ServerInit>((resolve) => {
-  const onMessage = (m: { type?: string; init?: ServerInit }): void => {
+  const onMessage = (
+    m: { type?: string; init?: ServerInit; port?: MessagePort; ports?: MessagePort[] },
+  ): void => {
     if (m?.type !== "init" || !m.init) return;
     parentPort?.off("message", onMessage);
+    fetchPort = m.port;
+    if (m.ports) data.ports = m.ports;
     resolve(m.init);
   };
   parentPort?.on("message", onMessage);
@@ -125,17 +138,21 @@ async function takeOver(): Promise<void> {
     range[3] = Math.floor(len / 4294967296);
     libc.ioctl(init.fd, ioctl.UFFDIO_WAKE, new Uint8Array(range.buffer));
   }
-  await serve(init, fill, guarded);
+  await serve(init, fill, guarded, fetchPort);
   post({ type: "stopped" });
 }
 
 try {
-  if (role === "primary") {
+  if (role === "fetcher") {
+    if (init.source.kind !== "url") throw new Error("a fetcher thread without a url source");
+    fetchLoop(init.source, new Float64Array(init.stats), ctrl, new Uint8Array(init.error), data.ports ?? []);
+    post({ type: "ready" });
+  } else if (role === "primary") {
     Atomics.store(ctrl, CTRL.tid, libc.syscall(NR_gettid));
     Atomics.notify(ctrl, CTRL.tid);
     const fill = await loadSource();
     post({ type: "ready" });
-    await serve(init, fill);
+    await serve(init, fill, true, fetchPort);
     post({ type: "stopped" });
   } else {
     post({ type: "standby" }); // the main thread unrefs on any message (Bun re-refs a late-starting thread)
