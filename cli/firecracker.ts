@@ -12,6 +12,7 @@ import {
   type FirecrackerSummary,
 } from "../src/firecracker.ts";
 import { loadWorkingSet, saveWorkingSet } from "../src/server/working_set.ts";
+import { openUrlSource } from "../src/server/url.ts";
 import { UffdError } from "../src/errors.ts";
 
 /** Help text of the command. */
@@ -23,6 +24,13 @@ listens on PATH, takes the VMM's userfaultfd and regions, serves guest memory fr
 
   --socket PATH              the Unix socket to listen on (a stale socket there is replaced)
   --mem-file PATH            the snapshot's memory file
+  --mem-url URL              or the memory file over HTTP (S3/GCS presigned URLs, nginx, any server that
+                             answers Range with 206): fetched in chunks into a memory cache
+  --chunk-size BYTES         HTTP range size and cache chunk (default 2097152)
+  --cache-dir DIR            keep fetched chunks there: a later restore of the same object fetches nothing
+  --cache-mib N              memory cache size (default 256)
+  --concurrency N            range requests in flight (default 8)
+  --fetch-timeout-ms N       per request (default 10000); --fetch-retries N (default 3)
   --layer PATH               a diff snapshot on top (repeatable, bottom first): a page comes from the
                              topmost file with data there; holes fall through; a hole everywhere is zeros
   --readahead N|adaptive     pages placed per fault (default adaptive: doubles on sequential faults to 64)
@@ -59,6 +67,14 @@ export function formatSummary(s: FirecrackerSummary): string {
     (s.prefetched ? `, prefetch installed in ${s.prefetchMs.toFixed(1)} ms` : ""),
   ];
   if (s.workingSetPages) lines.push(`working set: ${s.workingSetPages} pages recorded`);
+  if (s.requests !== undefined) {
+    lines.push(
+      `fetched ${mib(s.fetchedBytes ?? 0)} in ${s.requests} range requests (mean ${
+        (s.fetchMeanMs ?? 0).toFixed(1)
+      } ms, worst ${(s.fetchMaxMs ?? 0).toFixed(1)} ms), ${s.cacheHits} chunks from the cache directory, ` +
+        `${s.fetchRetries} retries`,
+    );
+  }
   return lines.join("\n");
 }
 
@@ -71,6 +87,13 @@ export async function runFirecracker(args: string[]): Promise<number> {
       options: {
         socket: { type: "string" },
         "mem-file": { type: "string" },
+        "mem-url": { type: "string" },
+        "chunk-size": { type: "string" },
+        "cache-dir": { type: "string" },
+        "cache-mib": { type: "string" },
+        concurrency: { type: "string" },
+        "fetch-timeout-ms": { type: "string" },
+        "fetch-retries": { type: "string" },
         layer: { type: "string", multiple: true },
         readahead: { type: "string" },
         record: { type: "string" },
@@ -92,18 +115,31 @@ export async function runFirecracker(args: string[]): Promise<number> {
     return 0;
   }
   if (!values.socket) return fail(2, `--socket PATH is required\n\n${FIRECRACKER_USAGE}`);
-  if (!values["mem-file"]) return fail(2, `--mem-file PATH is required\n\n${FIRECRACKER_USAGE}`);
-  const ms = (name: "accept-timeout-ms" | "handshake-timeout-ms"): number | undefined => {
+  if (!values["mem-file"] === !values["mem-url"]) {
+    return fail(2, `give --mem-file PATH or --mem-url URL (one of them)\n\n${FIRECRACKER_USAGE}`);
+  }
+  if (values["mem-url"] && values.layer?.length) {
+    return fail(2, "--layer works with --mem-file: HTTP does not tell a diff layer's holes from its data");
+  }
+  type IntOption =
+    | "accept-timeout-ms"
+    | "handshake-timeout-ms"
+    | "chunk-size"
+    | "cache-mib"
+    | "concurrency"
+    | "fetch-timeout-ms"
+    | "fetch-retries";
+  const ms = (name: IntOption, min = 1): number | undefined => {
     const v = values[name];
     if (v === undefined) return undefined;
     const n = Number(v);
-    if (!Number.isInteger(n) || n <= 0) {
-      throw new RangeError(`--${name} must be a positive whole number of ms`);
-    }
+    if (!Number.isInteger(n) || n < min) throw new RangeError(`--${name} must be a whole number >= ${min}`);
     return n;
   };
   let readahead: FirecrackerServeOptions["readahead"] = "adaptive";
-  const options: FirecrackerServeOptions = { memFile: values["mem-file"], layers: values.layer ?? [] };
+  const options: FirecrackerServeOptions = values["mem-file"]
+    ? { memFile: values["mem-file"], layers: values.layer ?? [] }
+    : {};
   try {
     if (values.readahead !== undefined && values.readahead !== "adaptive") {
       const n = Number(values.readahead);
@@ -118,6 +154,23 @@ export async function runFirecracker(args: string[]): Promise<number> {
     options.killOnError = values["kill-on-error"] ?? false;
     options.record = values.record !== undefined;
     if (values.prefetch !== undefined) options.prefetch = loadWorkingSet(values.prefetch);
+    if (values["mem-url"]) {
+      const cacheMib = ms("cache-mib");
+      const probe = {
+        chunkSize: ms("chunk-size"),
+        cacheBytes: cacheMib === undefined ? undefined : cacheMib << 20,
+        cacheDir: values["cache-dir"],
+        concurrency: ms("concurrency"),
+        timeoutMs: ms("fetch-timeout-ms"),
+        retries: ms("fetch-retries", 0),
+      };
+      try {
+        // Probed before listening: a server that cannot serve ranges fails now, not mid-restore.
+        options.source = await openUrlSource(values["mem-url"], probe);
+      } catch (e) {
+        return fail(3, e instanceof Error ? e.message : String(e));
+      }
+    }
   } catch (e) {
     return fail(2, e instanceof Error ? e.message : String(e));
   }
@@ -128,7 +181,7 @@ export async function runFirecracker(args: string[]): Promise<number> {
   options.signal = abort.signal;
   let listener: FirecrackerListener;
   try {
-    listener = FirecrackerListener.listen(values.socket);
+    listener = FirecrackerListener.listen(values.socket, { fetcher: options.source?.kind === "url" });
   } catch (e) {
     return fail(3, e instanceof Error ? e.message : String(e));
   }

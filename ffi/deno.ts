@@ -85,6 +85,7 @@ export function loadDenoLibc(): Libc {
       "--allow-write",
       "--allow-env",
       "--allow-run",
+      "--allow-net",
       script,
       ...args,
     ],

@@ -18,7 +18,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
-import { FaultServer, type FaultServerStats } from "./server/fault_server.ts";
+import { FaultServer, type FaultServerStats, type PageSource } from "./server/fault_server.ts";
 import { type WorkingSet, workingSetPages } from "./server/working_set.ts";
 import { peerCredentials, recvMessage, UnixListener, waitReadableAsync, watchHangUp } from "./unix.ts";
 import { Userfaultfd } from "./userfaultfd.ts";
@@ -247,7 +247,12 @@ function fdKind(fd: number): string {
 /** Options of {@link FirecrackerListener.accept}. */
 export interface FirecrackerServeOptions {
   /** The snapshot's memory file (Firecracker's `mem_file_path` of `PUT /snapshot/create`). */
-  memFile: string;
+  memFile?: string;
+  /**
+   * Serve from this source instead of `memFile`/`layers`: e.g. `await openUrlSource(url)` for a
+   * memory file in object storage or behind any HTTP server that serves ranges.
+   */
+  source?: PageSource;
   /** Diff snapshots on top of it, bottom first (sparse files of the same layout); the topmost with data wins. */
   layers?: string[];
   /** Readahead of the server (default `"adaptive"`: doubles on sequential faults up to 64 pages). */
@@ -308,6 +313,18 @@ export interface FirecrackerSummary {
   handshakeMs: number;
   /** Milliseconds from the end of the handshake to the end of the session: the time to serve. */
   serveMs: number;
+  /** A url source: bytes fetched over HTTP. */
+  fetchedBytes?: number;
+  /** Range requests made. */
+  requests?: number;
+  /** Chunks read from the cache directory. */
+  cacheHits?: number;
+  /** Requests retried. */
+  fetchRetries?: number;
+  /** Mean range request, ms. */
+  fetchMeanMs?: number;
+  /** Slowest range request, ms. */
+  fetchMaxMs?: number;
 }
 
 /** One VMM's restore in progress: the running server, and the summary once it ends. */
@@ -411,6 +428,16 @@ export class FirecrackerSession {
       workingSetPages: this.#recording() ? workingSetPages(this.server.workingSet()) : 0,
       handshakeMs: this.#handshakeMs,
       serveMs,
+      ...(this.server.source === "url"
+        ? {
+          fetchedBytes: s.fetchedBytes,
+          requests: s.requests,
+          cacheHits: s.cacheHits,
+          fetchRetries: s.fetchRetries,
+          fetchMeanMs: s.fetchMeanMs,
+          fetchMaxMs: s.fetchMaxMs,
+        }
+        : {}),
     };
   }
 
@@ -466,10 +493,11 @@ export class FirecrackerListener {
   }
 
   /** Binds and listens on `path` (a stale socket there is replaced; any other file is an error). */
-  static listen(path: string): FirecrackerListener {
+  static listen(path: string, options: { fetcher?: boolean } = {}): FirecrackerListener {
     const l = new FirecrackerListener(UnixListener.listen(path));
-    // The server's threads start while we wait for the VMM, so its faults are served at once.
-    if (FaultServer.warmThreads < 2) FaultServer.warm();
+    // The server's threads start while we wait for the VMM, so its faults are served at once
+    // (`fetcher`: also a url source's fetcher thread).
+    if (FaultServer.warmThreads < 2) FaultServer.warm(1, options);
     return l;
   }
 
@@ -484,9 +512,10 @@ export class FirecrackerListener {
    * not a userfaultfd) closes the connection and rejects with a {@link UffdError} saying what was wrong.
    */
   async accept(options: FirecrackerServeOptions): Promise<FirecrackerSession> {
-    if (!options || typeof options.memFile !== "string") {
-      throw invalid("firecracker", "memFile (the snapshot's memory file) is required");
+    if (!options || (typeof options.memFile !== "string" && options.source === undefined)) {
+      throw invalid("firecracker", "memFile (the snapshot's memory file) or source is required");
     }
+    const what = options.source?.kind === "url" ? options.source.url : options.memFile;
     const conn = await this.socket.accept({ timeoutMs: options.acceptTimeoutMs, signal: options.signal });
     const t0 = performance.now();
     let fd = -1;
@@ -500,7 +529,8 @@ export class FirecrackerListener {
       let server: FaultServer;
       try {
         server = await FaultServer.start({
-          source: { kind: "snapshot", path: options.memFile, layers: options.layers ?? [] },
+          source: options.source ??
+            { kind: "snapshot", path: options.memFile!, layers: options.layers ?? [] },
           remote: { uffd, regions: hs.regions, pageSize: ps },
           readahead: options.readahead ?? "adaptive",
           prefetch: options.prefetch,
@@ -512,7 +542,7 @@ export class FirecrackerListener {
         if (e instanceof UffdError && e.source === "library") {
           throw new UffdError("firecracker", e.errno, {
             source: "library",
-            detail: `cannot serve the VMM's regions from ${options.memFile}: ${e.message}`,
+            detail: `cannot serve the VMM's regions from ${what}: ${e.message}`,
           });
         }
         throw e;

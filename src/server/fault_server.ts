@@ -222,6 +222,8 @@ const MAX_ADAPTIVE = 64;
  * ```
  */
 export class FaultServer {
+  /** The kind of the page source. */
+  readonly source: PageSource["kind"];
   /** Resolves when the Worker serves faults; rejects if it could not start. */
   readonly ready: Promise<void>;
   /** The descriptor. */
@@ -249,6 +251,7 @@ export class FaultServer {
   /** Creates the descriptor and mapping and starts the Worker; await {@link ready} (or use {@link start}). */
   constructor(options: FaultServerOptions) {
     const src = options.source;
+    this.source = src?.kind;
     const { placement, readahead, maxWindow, batch, latencyEvery, busyPollUs, onError } = resolveOptions(
       options,
     );

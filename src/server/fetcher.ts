@@ -37,6 +37,10 @@ export function fetchLoop(
   const slotOf = new Int32Array(u.slotOf);
   const one = new BigUint64Array([1n]);
   const queue: number[] = [];
+  // Bun's fetch queues requests behind busy keep-alive connections to the same host (measured: 4
+  // parallel 4 MiB ranges from nginx took 105-118 ms, one after another; with a connection each,
+  // 40-58 ms): ask for a connection per request there.
+  const closeHeader: Record<string, string> = libc.runtime === "bun" ? { Connection: "close" } : {};
   let inflight = 0;
   const dir = u.cacheDir ? join(u.cacheDir, cacheKey(u)) : undefined;
   if (dir) mkdirSync(dir, { recursive: true });
@@ -79,7 +83,7 @@ export function fetchLoop(
       try {
         stats[STAT.fetchRequests]++;
         const r = await fetch(u.url, {
-          headers: { ...u.headers, Range: `bytes=${start}-${end - 1}` },
+          headers: { ...u.headers, ...closeHeader, Range: `bytes=${start}-${end - 1}` },
           signal: AbortSignal.timeout(u.timeoutMs),
         });
         if (r.status === 200) {
