@@ -185,6 +185,7 @@ export interface ReadOptions {
 let probed: ProbeResult | undefined;
 const OPEN_KEYS = ["features", "nonBlocking", "closeOnExec", "userModeOnly", "via", "handshake"] as const;
 const NR_fcntl = 72;
+const NR_gettid = 186;
 const F_GETFL = 3;
 
 function checkFeatureNames(op: string, features: unknown): asserts features is readonly FeatureName[] {
@@ -222,6 +223,13 @@ function openFd(op: string, flags: number, via: OpenVia): { fd: number; via: "sy
  * A userfaultfd descriptor. Methods are named after the ioctls; every method that
  * places pages returns the bytes done and throws {@link UffdError} with the partial
  * progress and the signed result field on failure.
+ *
+ * A fault blocks the faulting thread until the fault is resolved, so **the thread that serves
+ * the faults (reads events, copies pages) must never touch the memory it serves**: it would
+ * wait for itself forever. Raise faults from Workers or child processes, or serve them on one
+ * (a FaultServer serves from its own threads, so any thread may touch its memory). With
+ * `THREAD_ID`, {@link Userfaultfd.events} detects that hang and ends the process with an
+ * explanation; readEvent()/readEvents() on a thread that then blocks cannot.
  *
  * @example
  * ```ts
@@ -748,6 +756,11 @@ export class Userfaultfd {
   /**
    * Reads up to `buf.capacity` messages with one `read()`. Returns how many were
    * read (0 on timeout, or when non-blocking and none are pending).
+   *
+   * The thread that reads must not touch the registered memory itself: its fault would wait
+   * for a read that only it would do, and it hangs forever (the library cannot see it happen
+   * from a blocked thread; {@link events} on a `THREAD_ID` descriptor can). Touch the memory
+   * from a Worker or another process, or read in a Worker.
    */
   readEvents(buf: EventBuffer, options: ReadOptions = {}): number {
     this.#checkOpen("read");
@@ -760,25 +773,32 @@ export class Userfaultfd {
     if (options.timeout !== undefined && !this.#waitReadable(options.timeout)) return 0;
     for (;;) {
       const n = libc.read(this.#fd, buf.bytes, buf.bytes.byteLength);
-      if (n >= 0) {
-        buf.count = Math.floor(n / 32);
-        buf.forks.length = 0;
-        for (let i = 0; i < buf.count; i++) {
-          if (buf.bytes[i * 32] === UFFD_EVENT.FORK) {
-            const ufd = new Uint32Array(buf.bytes.buffer, buf.bytes.byteOffset + i * 32 + 8, 1)[0];
-            // The child is always another process: its ranges are not this process's mappings.
-            buf.forks[i] = Userfaultfd.fromFd(ufd, this.#features, { remote: true });
-          }
-        }
-        return buf.count;
-      }
+      if (n >= 0) return this.#took(buf, Math.floor(n / 32));
       const e = libc.errno();
       if (e === ERRNO.EAGAIN) return 0;
       if (e !== ERRNO.EINTR) throw new UffdError("read", e);
     }
   }
 
-  /** Reads one event; `undefined` on timeout or when non-blocking and none is pending. */
+  /** Sets `buf.count` to the `n` messages now in it and wraps fork events' child descriptors. */
+  #took(buf: EventBuffer, n: number): number {
+    buf.count = n;
+    buf.forks.length = 0;
+    for (let i = 0; i < n; i++) {
+      if (buf.bytes[i * 32] === UFFD_EVENT.FORK) {
+        const ufd = new Uint32Array(buf.bytes.buffer, buf.bytes.byteOffset + i * 32 + 8, 1)[0];
+        // The child is always another process: its ranges are not this process's mappings.
+        buf.forks[i] = Userfaultfd.fromFd(ufd, this.#features, { remote: true });
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Reads one event; `undefined` on timeout or when non-blocking and none is pending. As with
+   * {@link readEvents}, the reading thread must not touch the registered memory itself (it
+   * would hang, waiting for itself).
+   */
   readEvent(options: ReadOptions = {}): UffdEvent | undefined {
     const buf = new EventBuffer(1);
     return this.readEvents(buf, options) ? buf.event(0) : undefined;
@@ -786,30 +806,52 @@ export class Userfaultfd {
 
   /**
    * Events as an async iterator that never blocks the event loop: a Worker waits in
-   * poll() and the main thread reads. Ends on `signal` abort or {@link close}.
+   * poll() and this thread reads. Ends on `signal` abort or {@link close}.
+   *
+   * **The thread that iterates must never touch the memory it serves.** A fault there blocks
+   * that thread in the kernel until someone resolves it, and the only one who would is the
+   * blocked thread itself: it hangs forever. Touch registered memory from other threads (a
+   * Worker, a child process), or iterate in a Worker. On a descriptor opened with `THREAD_ID`
+   * the library catches it: when the iterating thread stays blocked for `selfFaultMs` (default
+   * 1000) on a fault of this descriptor (a pagefault whose thread id is its own gettid()), the
+   * Worker writes why on stderr and ends the process with status 70 instead of letting it hang
+   * (no event can be returned, nor an error thrown, to a thread that cannot run). Without
+   * `THREAD_ID` the library cannot tell whose fault it is, and the hang stays.
    *
    * @example
    * ```ts
+   * // not run: a fragment (uffd, signal and the touching thread come from the program around it)
    * for await (const ev of uffd.events({ signal })) {
    *   if (ev.type === "pagefault") uffd.zeropage({ start: ev.address, len: pageSize });
    * }
    * ```
    */
-  async *events(options: { signal?: AbortSignal; batch?: number } = {}): AsyncGenerator<UffdEvent> {
+  async *events(
+    options: { signal?: AbortSignal; batch?: number; selfFaultMs?: number } = {},
+  ): AsyncGenerator<UffdEvent> {
     this.#checkOpen("events");
-    checkOptions("events", options, ["signal", "batch"]);
+    checkOptions("events", options, ["signal", "batch", "selfFaultMs"]);
     checkInteger("events", "batch", options.batch, 1);
+    checkInteger("events", "selfFaultMs", options.selfFaultMs, 1);
     if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
       throw invalid("events", `signal must be an AbortSignal (got ${describeValue(options.signal)})`);
     }
     const buf = new EventBuffer(options.batch ?? 16);
-    const watcher = new FdWatcher(this.#fd);
+    const watcher = new FdWatcher(
+      this.#fd,
+      this.has("THREAD_ID") && !this.#remote
+        ? { tid: libc.syscall(NR_gettid), graceMs: options.selfFaultMs ?? 1000 }
+        : undefined,
+    );
     this.#watchers.add(watcher);
     const onAbort = () => watcher.close();
     options.signal?.addEventListener("abort", onAbort, { once: true });
     try {
       while (this.#fd >= 0 && !options.signal?.aborted) {
-        if (this.readEvents(buf, { timeout: 0 }) > 0) {
+        // messages the watcher read while this thread was blocked elsewhere come first
+        const stashed = watcher.takeStashed(buf.bytes);
+        if (stashed > 0) this.#took(buf, stashed);
+        if (stashed > 0 || this.readEvents(buf, { timeout: 0 }) > 0) {
           for (let i = 0; i < buf.count; i++) yield buf.event(i);
           continue;
         }

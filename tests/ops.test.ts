@@ -750,3 +750,45 @@ describe("dirty tracking: WP_ASYNC + PAGEMAP_SCAN", () => {
       }),
   );
 });
+
+describe("a fault on the thread that serves it", () => {
+  const SELF = fileURLToPath(new URL("./children/events_self_fault.ts", import.meta.url));
+
+  it(
+    "events() on a THREAD_ID descriptor ends the process with an explanation instead of hanging (child process)",
+    {
+      timeout: 30000,
+    },
+    () => {
+      const r = runChild(SELF, ["self"], 15000);
+      assert.notEqual(r.signal, "SIGKILL", `the child hung until the deadline: ${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, /touching/);
+      assert.doesNotMatch(r.stdout, /survived/);
+      assert.equal(r.status, 70, "ended by the library (EX_SOFTWARE), not by a crash");
+      assert.match(
+        r.stderr,
+        /the thread that reads this userfaultfd's events \(tid \d+, the one iterating events\(\)\)/,
+      );
+      assert.match(r.stderr, /blocked on a missing-page fault at 0x[0-9a-f]+ of that same userfaultfd/);
+      assert.match(r.stderr, /would hang forever/);
+    },
+  );
+
+  it("a wait on another descriptor's fault is not taken for one (the pending events are delivered after)", {
+    timeout: 30000,
+  }, () => {
+    const r = runChild(SELF, ["other"], 15000);
+    assert.equal(r.status, 0, `${r.signal} ${r.stdout}\n${r.stderr}`);
+    const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    assert.deepEqual(out, { first: 0, worker: 7, served: 1 });
+  });
+
+  it("without THREAD_ID the library cannot tell: the child hangs until its deadline (documented)", {
+    timeout: 30000,
+  }, () => {
+    const r = runChild(SELF, ["plain"], 3000);
+    assert.equal(r.signal, "SIGKILL", `${r.status} ${r.stdout}\n${r.stderr}`);
+    assert.match(r.stdout, /touching/);
+    assert.doesNotMatch(r.stderr, /would hang forever/);
+  });
+});
