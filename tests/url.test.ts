@@ -134,6 +134,96 @@ describe("url source against nginx", () => {
     }
   });
 
+  it("record then prefetch: the working set's chunks are fetched in parallel and nothing faults", {
+    ...T,
+    skip,
+  }, async () => {
+    const pages = [9000, 10, 4000, 16000, 11, 2500, 7777, 12000];
+    const touch = async (server: FaultServer): Promise<void> => {
+      for (const p of pages) {
+        const [r] = await runFaulters(server.mapping.start, server.mapping.length, PS, expected, [
+          { order: "seq", first: p, count: 1 },
+        ]);
+        assert.equal(r.bad, 0);
+      }
+    };
+    const first = await FaultServer.start({
+      source: await openUrlSource(`${ng!.base}/ok/mem64`),
+      record: true,
+    });
+    let ws;
+    try {
+      await touch(first);
+      ws = first.workingSet();
+    } finally {
+      first.close();
+    }
+    const before = ng!.requests().length;
+    const second = await FaultServer.start({
+      source: await openUrlSource(`${ng!.base}/paced/mem64`),
+      prefetch: ws,
+    });
+    try {
+      const until = Date.now() + 20000;
+      while (second.stats.prefetchMs === 0 && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
+      assert.ok(second.stats.prefetchMs > 0, "the prefetch finished");
+      await touch(second);
+      assert.equal(second.stats.faults, 0, "every page was installed before it was touched");
+      assert.equal(second.stats.prefetched, pages.length);
+    } finally {
+      second.close();
+    }
+    const reqs = ng!.requests().slice(before).filter((q) => q.range !== "bytes=0-0");
+    let most = 0;
+    for (const q of reqs) {
+      most = Math.max(
+        most,
+        reqs.filter((o) => o.start < q.end && q.start < o.end).length,
+      );
+    }
+    assert.ok(most >= 2, `the working set's chunks were fetched one at a time (${most})`);
+  });
+
+  it(
+    "a chunk that does not match its SHA-256 is never served: the policy resolves its pages, the error names it",
+    {
+      ...T,
+      skip,
+    },
+    async () => {
+      const { createHash } = await import("node:crypto");
+      const file = new Uint8Array(expected);
+      const cs = 2 * MiB;
+      const sha256 = Array.from(
+        { length: 32 },
+        (_, c) => createHash("sha256").update(file.subarray(c * cs, (c + 1) * cs)).digest("hex"),
+      );
+      sha256[3] = "0".repeat(64); // the manifest disagrees with the server about chunk 3
+      const src = await openUrlSource(`${ng!.base}/ok/mem64`, { sha256 });
+      // Zeros by the caller's choice, so that the test process survives the touch (default: poison).
+      const server = await FaultServer.start({ source: src, onError: { retries: 0, then: "zero" } });
+      try {
+        const good = await runFaulters(server.mapping.start, server.mapping.length, PS, expected, [
+          { order: "seq", first: 0, count: 1536 }, // chunks 0-2
+        ]);
+        assert.equal(good[0].bad, 0);
+        const zeros = new SharedArrayBuffer(64 * MiB);
+        const bad = await runFaulters(server.mapping.start, server.mapping.length, PS, zeros, [
+          { order: "seq", first: 1536, count: 4 }, // chunk 3
+        ]);
+        assert.equal(
+          bad[0].bad,
+          0,
+          "chunk 3's pages were resolved by the policy, not with the server's bytes",
+        );
+        assert.match(server.lastError ?? "", /do not match their SHA-256/);
+        assert.equal(server.stats.fetchErrors, 1);
+      } finally {
+        server.close();
+      }
+    },
+  );
+
   it("a server that ignores Range (200) is refused when the source opens, with a message that says so", {
     ...T,
     skip,
