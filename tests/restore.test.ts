@@ -23,6 +23,7 @@ import {
   workingSetPages,
 } from "../mod.ts";
 import { runFaulters } from "./helpers/faulters.ts";
+import { Toucher, within } from "./helpers/toucher.ts";
 
 /** What descriptor `fd` is (its /proc/self/fd link), or "?" when it is not open. */
 function fdTarget(fd: number): string {
@@ -342,6 +343,37 @@ describe("record and prefetch", () => {
           server.close();
         }
         assert.equal(server.stats.pages, pages, "each page placed once, by a fault or by the prefetcher");
+      }
+    },
+  );
+
+  it(
+    "a fault whose page another resolver placed with DONTWAKE meanwhile is woken (EEXIST -> WAKE)",
+    T,
+    async () => {
+      // The server reads the fault and starts a slow fill; meanwhile the page is placed with
+      // COPY_MODE_DONTWAKE (as a prefetcher does), which wakes nobody. The server's own COPY then
+      // gets EEXIST: only its WAKE lets the toucher go on.
+      const server = await FaultServer.start({
+        source: {
+          kind: "module",
+          url: new URL("./helpers/sources/slow_source.ts", import.meta.url).href,
+          length: 16 * PS,
+          options: { delayMs: 400 },
+        },
+      });
+      const t = new Toucher();
+      try {
+        const touched = t.read(server.mapping.page(5));
+        await new Promise((r) => setTimeout(r, 150)); // the fault is read, the fill is under way
+        const page = new Uint8Array(PS).fill(5); // what the slow source gives page 5
+        server.uffd.copy({ start: server.mapping.page(5), len: PS, src: page, dontwake: true });
+        const r = await within(touched, 5000, "the toucher of a page placed with DONTWAKE");
+        assert.equal(r.first, 5);
+        assert.ok(server.stats.eexist >= 1, "the server's copy found the page present");
+      } finally {
+        server.close();
+        t.close();
       }
     },
   );
