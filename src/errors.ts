@@ -189,6 +189,9 @@ const OP_HINTS: Readonly<Record<string, Readonly<Record<string, string>>>> = {
   },
   UFFDIO_ZEROPAGE: {
     ...RESOLVE_HINTS,
+    EEXIST: "the page is already mapped (another resolver got there first: wake() the range instead), " +
+      "or it is a write-protected hole (a uffd-wp marker, after writeprotect() with WP_ASYNC or " +
+      "WP_UNPOPULATED) that ZEROPAGE does not fill: copy() zeros instead",
     EINVAL: "the range is not page-aligned, a mode is unknown, or the memory is hugetlb " +
       "(no zero page: copy() zeros instead)",
   },
@@ -299,8 +302,17 @@ export interface UffdErrorOptions {
  *
  * @example
  * ```ts
- * try { uffd.copy({ dst, src, len }); } catch (e) {
- *   if (e instanceof UffdError && e.code === "EEXIST") uffd.wake({ start: dst, len });
+ * import { Mapping, pageSize, UffdError, Userfaultfd } from "@uffd/userfaultfd";
+ * using uffd = Userfaultfd.open();
+ * using mem = Mapping.anonymous(pageSize);
+ * uffd.register(mem);
+ * const page = new Uint8Array(pageSize).fill(1);
+ * uffd.copy({ start: mem.start, len: pageSize, src: page });
+ * try {
+ *   uffd.copy({ start: mem.start, len: pageSize, src: page }); // placed already: EEXIST
+ * } catch (e) {
+ *   if (!(e instanceof UffdError) || e.code !== "EEXIST") throw e;
+ *   uffd.wake({ start: mem.start, len: pageSize }); // another resolver won: wake the faulters
  * }
  * ```
  */

@@ -233,6 +233,7 @@ function openFd(op: string, flags: number, via: OpenVia): { fd: number; via: "sy
  *
  * @example
  * ```ts
+ * import { Mapping, pageSize, Userfaultfd } from "@uffd/userfaultfd";
  * using uffd = Userfaultfd.open({ features: ["THREAD_ID"] });
  * using mem = Mapping.anonymous(4 * pageSize);
  * uffd.register(mem, { missing: true });
@@ -580,6 +581,46 @@ export class Userfaultfd {
     return { ioctls: ioctlNames(this.#reg.words[6], this.#reg.words[7]), ioctlBits: this.#reg.words[6] };
   }
 
+  /**
+   * Arms write tracking on `range` (dirty tracking): registers it in wp mode (and missing mode
+   * too with `{ missing: true }`) and write-protects all of it (`UFFDIO_WRITEPROTECT` with
+   * mode WP), so that `new PagemapScanner().scan(range, { reprotect: true })` then lists exactly
+   * the pages written since, and re-protects them for the next scan. Needs a descriptor opened
+   * with `WP_ASYNC`: the kernel lifts the protection of a page itself on its first write (no
+   * event, no handler thread), and the scan sees which pages it lifted. Registering alone is
+   * not enough: a page not write-protected yet (every page of a fresh range) scans as written.
+   * Returns what {@link register} returns.
+   *
+   * @example
+   * ```ts
+   * import { Mapping, PagemapScanner, pageSize, Userfaultfd } from "@uffd/userfaultfd";
+   * using uffd = Userfaultfd.open({ features: ["WP_ASYNC"] });
+   * using mem = Mapping.anonymous(64 * pageSize);
+   * uffd.trackWrites(mem);
+   * using scanner = new PagemapScanner();
+   * mem.bytes()[5 * pageSize] = 1; // WP_ASYNC: the kernel handles the write, no thread blocks
+   * const written = scanner.scan(mem, { reprotect: true }); // [{ start: mem.page(5), end: mem.page(6), ... }]
+   * if (written.length !== 1 || written[0].start !== mem.page(5)) throw new Error("unexpected scan");
+   * ```
+   */
+  trackWrites(range: Range, options: { missing?: boolean } = {}): RegisterResult {
+    const op = "trackWrites";
+    this.#handshakeDone(op);
+    checkRangeObject(op, range);
+    checkOptions(op, options, ["missing"]);
+    checkBoolean(op, "missing", options.missing);
+    if (!this.has("WP_ASYNC")) {
+      throw invalid(
+        op,
+        'needs feature WP_ASYNC: open with { features: ["WP_ASYNC"] } (the kernel then lifts write ' +
+          "protection itself on a write, and PAGEMAP_SCAN reports the pages it lifted)",
+      );
+    }
+    const result = this.register(range, { wp: true, missing: options.missing ?? false });
+    this.writeprotect({ start: range.start, len: range.len, wp: true });
+    return result;
+  }
+
   #rangeOp(op: string, req: number, range: Range): void {
     this.#handshakeDone(op);
     checkRangeObject(op, range);
@@ -820,7 +861,7 @@ export class Userfaultfd {
    *
    * @example
    * ```ts
-   * // not run: a fragment (uffd, signal and the touching thread come from the program around it)
+   * // not run: a fragment (uffd, signal and the Worker that touches the memory come from the program around it; examples/manpage_demo.ts is a whole one, run by tests/examples.test.ts)
    * for await (const ev of uffd.events({ signal })) {
    *   if (ev.type === "pagefault") uffd.zeropage({ start: ev.address, len: pageSize });
    * }

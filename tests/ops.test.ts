@@ -751,6 +751,71 @@ describe("dirty tracking: WP_ASYNC + PAGEMAP_SCAN", () => {
   );
 });
 
+describe("trackWrites(): the dirty-tracking recipe in one call", () => {
+  /** The page indices a scan reports, in order. */
+  const pagesOf = (regions: { start: number; end: number }[], base: number): number[] =>
+    regions.flatMap((r) =>
+      Array.from({ length: (r.end - r.start) / pageSize }, (_, i) => (r.start - base) / pageSize + i)
+    );
+
+  it(
+    "16384 pages: 0 written before any write, exactly the 1000 pages written, 0 again after reprotect",
+    { timeout: 60000 },
+    () =>
+      withRig(async (rig) => {
+        const uffd = rig.uffd({ features: ["WP_ASYNC"] });
+        const n = 16384;
+        const mem = rig.map(Mapping.anonymous(n * pageSize));
+        const reg = uffd.trackWrites(mem);
+        assert.ok(reg.ioctls.includes("WRITEPROTECT"));
+        using scan = new PagemapScanner();
+        assert.deepEqual(pagesOf(scan.scan(mem, { reprotect: true }), mem.start), [], "nothing written yet");
+        const pages = new Set<number>();
+        let seed = 12345;
+        while (pages.size < 1000) {
+          seed = (Math.imul(seed, 1103515245) + 12345) >>> 0; // a 32-bit LCG: random, repeatable
+          pages.add((seed >>> 8) % n);
+        }
+        const t = rig.toucher();
+        for (const p of pages) await rig.track(t.write(mem.page(p), 1, 1)); // from a Worker
+        assert.equal(waiters(uffd).total, 0, "WP_ASYNC: nobody waits");
+        const written = pagesOf(scan.scan(mem, { reprotect: true }), mem.start);
+        assert.deepEqual(written, [...pages].sort((a, b) => a - b));
+        assert.deepEqual(pagesOf(scan.scan(mem, { reprotect: true }), mem.start), [], "reprotected");
+        assert.equal(uffd.readEvent({ timeout: 0 }), undefined, "no events under WP_ASYNC");
+      }),
+  );
+
+  it("needs WP_ASYNC (a typed error naming it); { missing: true } keeps missing mode", () => {
+    using plain = Userfaultfd.open();
+    using mem = Mapping.anonymous(4 * pageSize);
+    assert.throws(() => plain.trackWrites(mem), (e: unknown) => {
+      assert.ok(e instanceof UffdError);
+      assert.equal(e.code, "EINVAL");
+      assert.equal(e.source, "library");
+      assert.match(e.message, /needs feature WP_ASYNC: open with \{ features: \["WP_ASYNC"\] \}/);
+      return true;
+    });
+    using uffd = Userfaultfd.open({ features: ["WP_ASYNC"] });
+    uffd.trackWrites(mem, { missing: true });
+    using scan = new PagemapScanner();
+    assert.deepEqual(scan.scan(mem), []);
+    // missing mode kept: a page can still be placed; copy(wp: true) keeps it unwritten. ZEROPAGE
+    // refuses a write-protected hole (a uffd-wp marker): EEXIST from the kernel
+    assert.equal(
+      uffd.copy({ start: mem.start, len: pageSize, src: new Uint8Array(pageSize), wp: true }),
+      pageSize,
+    );
+    assert.equal(uffd.copy({ start: mem.page(1), len: pageSize, src: new Uint8Array(pageSize) }), pageSize);
+    assert.deepEqual(scan.scan(mem).map((r) => [r.start, r.end]), [[mem.page(1), mem.page(2)]]);
+    assert.throws(() => uffd.zeropage({ start: mem.page(2), len: pageSize }), (e: unknown) => {
+      assert.ok(e instanceof UffdError && e.code === "EEXIST", String(e));
+      assert.match(e.hint, /write-protected hole/);
+      return true;
+    });
+  });
+});
+
 describe("a fault on the thread that serves it", () => {
   const SELF = fileURLToPath(new URL("./children/events_self_fault.ts", import.meta.url));
 
