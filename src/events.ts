@@ -119,8 +119,10 @@ export function decodeEvent(bytes: Uint8Array, base = 0): UffdEvent {
  *
  * @example
  * ```ts
+ * import { EventBuffer, Userfaultfd } from "@uffd/userfaultfd";
+ * using uffd = Userfaultfd.open();
  * const buf = new EventBuffer(16);
- * const n = uffd.readEvents(buf);
+ * const n = uffd.readEvents(buf, { timeout: 10 }); // 0 here: nothing faulted
  * for (let i = 0; i < n; i++) console.log(buf.event(i));
  * ```
  */

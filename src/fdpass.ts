@@ -76,9 +76,11 @@ function checkFd(op: string, what: string, fd: number): void {
  *
  * @example
  * ```ts
+ * import { recvFd, sendFd, socketPair, Userfaultfd } from "@uffd/userfaultfd";
+ * using uffd = Userfaultfd.open();
  * const [a, b] = socketPair();
  * sendFd(a, uffd.fd);
- * const copy = Userfaultfd.fromFd(recvFd(b));
+ * using copy = Userfaultfd.fromFd(recvFd(b)); // the same descriptor under another number
  * ```
  */
 export function sendFd(socketFd: number, fd: number): void {

@@ -220,6 +220,7 @@ export interface MemfdOptions {
  *
  * @example
  * ```ts
+ * import { Mapping, pageSize } from "@uffd/userfaultfd";
  * using m = Mapping.anonymous(16 * pageSize);
  * m.bytes()[0] = 1;
  * ```

@@ -79,8 +79,13 @@ export interface ScanOptions {
  *
  * @example
  * ```ts
+ * import { Mapping, PagemapScanner, pageSize, Userfaultfd } from "@uffd/userfaultfd";
+ * using uffd = Userfaultfd.open({ features: ["WP_ASYNC"] });
+ * using mem = Mapping.anonymous(16 * pageSize);
+ * uffd.trackWrites(mem); // register { wp: true } and write-protect
  * using scan = new PagemapScanner();
- * const written = scan.scan(mem, { reprotect: true });
+ * mem.bytes()[2 * pageSize] = 1;
+ * const written = scan.scan(mem, { reprotect: true }); // [{ start: mem.page(2), end: mem.page(3), ... }]
  * ```
  */
 export class PagemapScanner {
