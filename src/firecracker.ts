@@ -362,13 +362,6 @@ export class FirecrackerSession {
     this.done = new Promise<FirecrackerSummary>((resolve) => {
       this.#finish = (end, error) => {
         if (this.#summary) return;
-        // A VMM that died of a poisoned page hangs up before the monitor's next look: the
-        // restore still failed.
-        const st = this.server.stats;
-        if (end !== "error" && (this.server.state === "failed" || st.poisoned > 0 || st.unserved > 0)) {
-          end = "error";
-          error = this.server.lastError ?? "a page could not be served";
-        }
         clearInterval(monitor);
         hang.close();
         options.signal?.removeEventListener("abort", onAbort);
@@ -376,8 +369,15 @@ export class FirecrackerSession {
           killed = libc.syscall(62, /* kill */ vmmPid, 9 /* SIGKILL */) === 0;
         }
         const serveMs = performance.now() - this.#started;
-        this.server.close();
+        this.server.close(); // serves what is queued and stops: the counters are final after it
         libc.close(this.#conn);
+        // A VMM that died of a poisoned page hangs up before the monitor's next look: the restore
+        // still failed.
+        const st = this.server.stats;
+        if (end !== "error" && (this.server.state === "failed" || st.poisoned > 0 || st.unserved > 0)) {
+          end = "error";
+          error = this.server.lastError ?? "a page could not be served";
+        }
         this.#summary = this.#summarize(end, error, killed, serveMs);
         resolve(this.#summary);
       };

@@ -242,7 +242,9 @@ export class FaultServer {
   readonly #owned: Mapping[] = [];
   readonly #hold: unknown[] = [];
   readonly #releases: (() => void)[] = [];
+  readonly #fetcherResources: (() => void)[] = [];
   #fetcher = false;
+  #fetcherAlive = false;
   readonly #closeTimeoutMs: number;
   #closed = false;
   #exited: Promise<void>;
@@ -295,10 +297,17 @@ export class FaultServer {
     let init: ServerInit;
     try {
       const opened = openSource(src);
-      this.#owned.push(...opened.owned);
       this.#hold.push(...opened.hold);
-      if (opened.release) this.#releases.push(opened.release);
       this.#fetcher = opened.fetcher ?? false;
+      if (this.#fetcher) {
+        // The fetcher thread writes into the cache and signals the eventfd: both are released
+        // once it has exited, never under a fetch in flight (see #releaseFetcher).
+        this.#fetcherResources.push(() => opened.owned.forEach((m) => m.close()));
+        if (opened.release) this.#fetcherResources.push(opened.release);
+      } else {
+        this.#owned.push(...opened.owned);
+        if (opened.release) this.#releases.push(opened.release);
+      }
       const length = opened.length;
       let list: Array<{ start: number; length: number; first: number }>;
       let ps: number;
@@ -455,6 +464,11 @@ export class FaultServer {
       });
       f.unref();
       f.on("error", (e: Error) => failed(`fetcher thread crashed: ${e.message}`));
+      this.#fetcherAlive = true;
+      f.on("exit", () => {
+        this.#fetcherAlive = false;
+        if (this.#closed) this.#releaseFetcher();
+      });
       this.#threads.push(f);
     }
     options.signal?.addEventListener("abort", () => this.close(), { once: true });
@@ -701,6 +715,12 @@ export class FaultServer {
     for (const r of this.#releases.splice(0)) r();
     for (const m of this.#owned) m.close();
     this.#stop.close();
+    if (!this.#fetcherAlive) this.#releaseFetcher();
+  }
+
+  /** Unmaps a url source's cache and closes its eventfd: only once its fetcher thread has exited. */
+  #releaseFetcher(): void {
+    for (const r of this.#fetcherResources.splice(0)) r();
   }
 
   /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */

@@ -23,7 +23,7 @@ import { createHash } from "node:crypto";
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { libc } from "../../ffi/mod.ts";
-import { CHUNK_STATE, CTRL, STAT, type UrlInit } from "./layout.ts";
+import { CHUNK_STATE, CTRL, STAT, STATE, type UrlInit } from "./layout.ts";
 
 /** Starts fetching for a url source; resolves never (the thread is terminated at close). */
 export function fetchLoop(
@@ -54,14 +54,15 @@ export function fetchLoop(
 
   const done = (c: number, ok: boolean): void => {
     Atomics.store(state, c, ok ? CHUNK_STATE.ready : CHUNK_STATE.failed);
-    libc.write(u.doneFd, one, 8);
+    // Once the server stops, its eventfd is about to be closed: never write to a reused number.
+    if (Atomics.load(ctrl, CTRL.state) < STATE.stopped) libc.write(u.doneFd, one, 8);
   };
 
   async function one_chunk(c: number): Promise<void> {
     const start = c * u.chunkSize;
     const end = Math.min(u.length, start + u.chunkSize); // exclusive
     const slot = slotOf[c];
-    const dest = new Uint8Array(libc.view(u.cache + slot * u.chunkSize, u.chunkSize));
+    const dest = new Uint8Array(u.cache, u.cacheOffset + slot * u.chunkSize, u.chunkSize);
     // The cache directory first (a later restore reuses what an earlier one fetched).
     if (dir) {
       try {

@@ -167,8 +167,13 @@ export interface UrlInit {
   etag: string | null;
   /** Bytes per chunk (a multiple of the page size). */
   chunkSize: number;
-  /** Address of the memory cache: `slots` chunks. */
-  cache: number;
+  /**
+   * The memory cache, `slots` chunks: shared memory (not a mapping the server unmaps), so a fetch
+   * still writing into it while the server closes can never touch unmapped memory.
+   */
+  cache: SharedArrayBuffer;
+  /** Offset of the (page-aligned) cache in `cache`. */
+  cacheOffset: number;
   /** Chunks the memory cache holds. */
   slots: number;
   /** A directory whose chunk files a later restore reuses, or null. */

@@ -548,6 +548,11 @@ export async function serve(
   let fetching = 0;
   let stamp = 0;
   const efdBuf = new Uint8Array(8);
+  // The cache's address (the kernel copies from it; the view holds it).
+  const cacheView = urlSrc
+    ? new Uint8Array(urlSrc.cache, urlSrc.cacheOffset, nSlots * chunkBytes)
+    : undefined;
+  const cacheBase = cacheView ? libc.addressOf(cacheView) : 0;
   const seqAhead = urlSrc ? Math.max(1, Math.min(urlSrc.concurrency, nSlots >> 2)) : 1;
 
   /** A free cache slot, or the least recently used one whose chunk is done and awaited by no fault. */
@@ -619,7 +624,7 @@ export async function serve(
     const a = winA < lo ? lo : winA;
     const b = winB > hi ? hi : winB;
     slotStamp[slotOfChunk[c]] = ++stamp;
-    cacheFrom = urlSrc!.cache + slotOfChunk[c] * chunkBytes - lo * ps;
+    cacheFrom = cacheBase + slotOfChunk[c] * chunkBytes - lo * ps;
     // Reading into the second half of a chunk: the next one is probably wanted soon, and when the
     // chunk before is cached too (a sequential stream) several next ones, fetched in parallel.
     if (b > lo + (ppc >> 1)) {
@@ -891,7 +896,7 @@ export async function serve(
         return true;
       }
       lim = Math.min(rHi, (c + 1) * ppc);
-      cacheFrom = urlSrc.cache + slotOfChunk[c] * chunkBytes - c * ppc * ps;
+      cacheFrom = cacheBase + slotOfChunk[c] * chunkBytes - c * ppc * ps;
       slotStamp[slotOfChunk[c]] = ++stamp;
     }
     while (
@@ -981,5 +986,6 @@ export async function serve(
   } finally {
     Atomics.notify(ctrl, CTRL.state);
     void srcView;
+    void cacheView;
   }
 }

@@ -329,13 +329,13 @@ function openUrl(src: UrlPageSource): OpenedSource {
     throw bad(`sha256 must list one digest (or null) per ${chunkSize}-byte chunk: ${chunks} expected`);
   }
   const slots = Math.max(concurrency * 2 + 2, Math.floor((src.cacheBytes ?? 256 << 20) / chunkSize));
-  const cache = Mapping.anonymous(Math.min(slots, chunks + 1) * chunkSize);
+  const cache = alignedSharedBytes(Math.min(slots, chunks + 1) * chunkSize);
   const done = new EventFd();
   const state = new Int32Array(new SharedArrayBuffer(chunks * 4));
   const slotOf = new Int32Array(new SharedArrayBuffer(chunks * 4)).fill(-1);
   return {
     length: src.length,
-    owned: [cache],
+    owned: [],
     hold: [],
     fetcher: true,
     release: () => done.close(),
@@ -345,7 +345,8 @@ function openUrl(src: UrlPageSource): OpenedSource {
       length: src.length,
       etag: src.etag ?? null,
       chunkSize,
-      cache: cache.start,
+      cache: cache.buffer as SharedArrayBuffer,
+      cacheOffset: cache.byteOffset,
       slots: cache.length / chunkSize,
       cacheDir: src.cacheDir ?? null,
       concurrency,
