@@ -95,7 +95,7 @@ export interface FeatureSupport {
 /** Everything `uffd features` reports. */
 export interface FeaturesReport {
   /** The JavaScript runtime. */
-  runtime: { name: "deno" | "bun"; version: string };
+  runtime: { name: "deno" | "bun" | "node"; version: string };
   /** Kernel release (`/proc/sys/kernel/osrelease`), or null when unreadable. */
   kernel: string | null;
   /** This process's uid and capability. */

@@ -4,13 +4,14 @@
  *
  *   deno run --allow-ffi --allow-read examples/demo.ts
  *   bun run examples/demo.ts
+ *   node .node/examples/demo.js      (Node.js: after `node scripts/build.mjs --tests`)
  */
 import { alignedSharedBytes, FaultServer } from "../mod.ts";
 import { lazyRead, printSummary } from "./lazy_file.ts";
 
 const MiB = 2 ** 20;
 const size = 64 * MiB;
-const runtime = "Bun" in globalThis ? "Bun" : "Deno";
+const runtime = "Bun" in globalThis ? "Bun" : "Deno" in globalThis ? "Deno" : "Node.js";
 console.log(`uffd demo on ${runtime}: ${size / MiB} MiB of generated data, served on first touch`);
 const data = alignedSharedBytes(size); // shared memory the kernel copies from, page-aligned
 const src = new Uint32Array(data.buffer, data.byteOffset, size / 4);

@@ -153,7 +153,11 @@ const wasmPages = (mib * MiB) / 65536;
 const pages = (mib * MiB) / pageSize;
 const hex = (n: number): string => `0x${(n >>> 0).toString(16).padStart(8, "0")}`;
 const ms = (t: number): string => `${t.toFixed(1)} ms`;
-const runtime = "Bun" in globalThis ? `Bun ${process.versions.bun}` : `Deno ${process.versions.deno}`;
+const runtime = "Bun" in globalThis
+  ? `Bun ${process.versions.bun}`
+  : "Deno" in globalThis
+  ? `Deno ${process.versions.deno}`
+  : `Node.js ${process.versions.node}`;
 
 // Pages whose bytes differ between two copies of the memory (what a diff must hold at least).
 function changedPages(a: Uint8Array, b: Uint8Array): number {

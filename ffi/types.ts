@@ -14,7 +14,7 @@ export type Bytes = ArrayBufferView;
 /** The libc calls used by `uffd`, one method per C function or syscall. */
 export interface Libc {
   /** Which FFI backend is in use. */
-  readonly runtime: "deno" | "bun";
+  readonly runtime: "deno" | "bun" | "node";
   /** `int *__errno_location(void)`, read as a number: errno of this thread. */
   errno(): number;
   /** `long syscall(long nr, ...)` with up to six integer arguments. */

@@ -101,7 +101,7 @@ describe("featuresReport()", () => {
       return i;
     };
     const idx = [
-      at(/^uffd features \((deno|bun) \d+\.\d+\.\d+\)$/),
+      at(/^uffd features \((deno|bun|node) \d+\.\d+\.\d+\)$/),
       at(new RegExp(`^Kernel: Linux ${r.kernel!.replace(/[.]/g, "\\.")}$`)),
       at(/^Opening a userfaultfd:$/),
       at(/^ {2}userfaultfd\(2\) +(ok|E[A-Z]+: .+)$/),

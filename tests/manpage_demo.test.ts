@@ -76,6 +76,6 @@ describe("manpage_demo (userfaultfd(2) EXAMPLES)", () => {
     const r = runChild(DEMO, [], 25000);
     assert.equal(r.status, 1);
     assert.equal(r.stdout, "");
-    assert.match(r.stderr, /^Usage: .*manpage_demo\.ts num-pages\n$/);
+    assert.match(r.stderr, /^Usage: .*manpage_demo\.[jt]s num-pages\n$/);
   });
 });

@@ -12,7 +12,9 @@ const script = new URL("../examples/wasm_snapshot.ts", import.meta.url).pathname
 function run(): { status: number | null; signal: string | null; stdout: string; stderr: string } {
   const args = "Bun" in globalThis
     ? ["run", script]
-    : ["run", "--allow-ffi", "--allow-read", "--allow-write", script];
+    : "Deno" in globalThis
+    ? ["run", "--allow-ffi", "--allow-read", "--allow-write", script]
+    : [script]; // Node: the compiled example
   const r = spawnSync(process.execPath, args, { encoding: "utf8", timeout: 90000, killSignal: "SIGKILL" });
   return { status: r.status, signal: r.signal, stdout: r.stdout ?? "", stderr: r.stderr ?? "" };
 }
@@ -34,7 +36,7 @@ describe("examples/wasm_snapshot.ts", () => {
       assert.equal(r.status, 0, `exit ${r.status ?? r.signal}\n${out}\n${r.stderr}`);
       assert.match(
         out,
-        /^wasm snapshot on (Deno|Bun) [\d.]+: 64 MiB WebAssembly\.Memory \(16384 pages\), in /,
+        /^wasm snapshot on (Deno|Bun|Node\.js) [\d.]+: 64 MiB WebAssembly\.Memory \(16384 pages\), in /,
       );
       assert.match(out, /module: \d+ bytes, hand-assembled; exports step\(n\), checksum\(\)/);
       const dir = out.match(/, in (\/\S+)\n/)?.[1];

@@ -437,6 +437,8 @@ export class FaultServer {
       alive++;
       w.unref();
       w.on("message", (m: { type: string; message?: string }) => {
+        loaded.add(w);
+        if (m.type === "warm") return; // a warm thread has loaded (see endThread): keep it referenced
         w.unref(); // again: Bun refs a thread that starts after an early unref()
         if (m.type === "ready") oneReady();
         else if (m.type === "error") failed(`${role} thread failed: ${m.message}`);
@@ -460,6 +462,7 @@ export class FaultServer {
         });
       if (warm) f.postMessage({ type: "init", init, ports: fetchPorts }, fetchPorts);
       f.on("message", (m: { type: string }) => {
+        loaded.add(f);
         if (m.type === "ready") oneReady();
       });
       f.unref();
@@ -488,12 +491,14 @@ export class FaultServer {
       if (options.fetcher) roles.push("fetcher");
       for (const role of roles) {
         const w = new Worker(url, { workerData: { role } });
+        const onLoad = (): void => void loaded.add(w);
+        if (NODE) w.once("message", onLoad); // before unref(): a first 'message' listener refs the thread
         w.unref();
         w.on("error", () => {
           const k = warmPool.indexOf(entry);
           if (k >= 0) warmPool.splice(k, 1);
         });
-        const entry = { role, worker: w };
+        const entry = { role, worker: w, onLoad };
         warmPool.push(entry);
       }
     }
@@ -506,17 +511,22 @@ export class FaultServer {
 
   /** Ends the warm threads nobody took. */
   static coolDown(): void {
-    for (const e of warmPool.splice(0)) void e.worker.terminate();
+    for (const e of warmPool.splice(0)) endThread(e.worker);
   }
 
   /** Creates a server and waits until its Worker serves faults. */
   static async start(options: FaultServerOptions): Promise<FaultServer> {
     const s = new FaultServer(options);
+    // Node: the threads are unref'd, and the serving thread's "ready" unrefs it again, so while a
+    // url source's fetcher is still starting nothing would keep the event loop (and this await) alive.
+    const keepAlive = NODE ? setInterval(() => {}, 1 << 30) : undefined;
     try {
       await s.ready;
     } catch (e) {
       s.close();
       throw e;
+    } finally {
+      clearInterval(keepAlive);
     }
     return s;
   }
@@ -656,7 +666,7 @@ export class FaultServer {
       if (left <= 0) break;
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
-    for (const w of this.#threads) void w.terminate();
+    for (const w of this.#threads) endThread(w);
     // A remote descriptor opened without POISON cannot: the other process then reads never-placed
     // pages as zeros once the descriptor is closed (keep the server running while it runs).
     if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
@@ -741,11 +751,26 @@ export class FaultServer {
 }
 
 /** Threads started by FaultServer.warm(), waiting for their init message. */
-const warmPool: { role: "primary" | "standby" | "fetcher"; worker: Worker }[] = [];
+const warmPool: { role: "primary" | "standby" | "fetcher"; worker: Worker; onLoad: () => void }[] = [];
+
+// Node: a thread terminated while it initializes koffi's native module (its FFI) aborts the whole
+// process ("FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw"). Every server thread posts
+// a message once its modules are loaded (a warm one "warm"); one that has not yet is terminated
+// when it does (after a stop it would end by itself anyway).
+const NODE = !("Deno" in globalThis) && !("Bun" in globalThis);
+const loaded = new WeakSet<Worker>();
+
+function endThread(w: Worker): void {
+  if (!NODE || loaded.has(w)) void w.terminate();
+  else w.once("message", () => void w.terminate());
+}
 
 function takeWarm(role: "primary" | "standby" | "fetcher"): Worker | undefined {
   const i = warmPool.findIndex((e) => e.role === role);
-  return i < 0 ? undefined : warmPool.splice(i, 1)[0].worker;
+  if (i < 0) return undefined;
+  const { worker, onLoad } = warmPool.splice(i, 1)[0];
+  worker.off("message", onLoad); // the server's own listener sees its first message (and refs it)
+  return worker;
 }
 
 const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [

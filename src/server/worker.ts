@@ -50,6 +50,7 @@ const role = data.role;
 const post = (m: unknown): void => parentPort?.postMessage(m);
 // A warm thread (FaultServer.warm) starts without a server: it loads its modules, then waits
 // for the init message of the server that takes it.
+if (!data.init && libc.runtime === "node") post({ type: "warm" }); // loaded (see endThread in fault_server.ts)
 const init: ServerInit = data.init ?? await new Promise<ServerInit>((resolve) => {
   const onMessage = (
     m: { type?: string; init?: ServerInit; port?: MessagePort; ports?: MessagePort[] },

@@ -12,6 +12,8 @@ import { cstring } from "../../src/memory.ts";
 
 const NR_execve = 59;
 const NR_getpid = 39;
+const NR_fcntl = 72;
+const F_SETFD = 2;
 
 const cloexec = Userfaultfd.open();
 const inherited = Userfaultfd.open({ closeOnExec: false });
@@ -30,6 +32,8 @@ const args = [
 const argv = new BigUint64Array([...args.map((s) => BigInt(libc.addressOf(s))), 0n]);
 const env = [cstring("PATH=/usr/bin:/bin")];
 const envp = new BigUint64Array([BigInt(libc.addressOf(env[0])), 0n]);
+// Node marks its stdin, stdout and stderr close-on-exec: clear that, or sh could not print.
+for (const fd of [0, 1, 2]) libc.syscall(NR_fcntl, fd, F_SETFD, 0);
 libc.syscall(NR_execve, libc.addressOf(path), libc.addressOf(argv), libc.addressOf(envp));
 // only reached when execve failed
 console.log(`execve failed: ${libc.errno()}`);

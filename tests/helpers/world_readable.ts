@@ -76,7 +76,8 @@ export function worldReadableTree(extra: readonly string[] = []): PortableTree {
   if (!base) throw new Error("no temporary directory is searchable by every user");
   const dir = mkdtempSync(join(base, "uffd-tree-"));
   try {
-    for (const rel of [...TREE, ...extra]) {
+    const koffi = libc.runtime === "node" ? ["node_modules/koffi", "node_modules/@koromix"] : []; // Node's FFI
+    for (const rel of [...TREE, ...koffi, ...extra]) {
       const from = join(ROOT, rel);
       if (existsSync(from)) cpSync(from, join(dir, rel), { recursive: true });
     }
