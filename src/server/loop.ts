@@ -558,19 +558,34 @@ export async function serve(
   /** A free cache slot, or the least recently used one whose chunk is done and awaited by no fault. */
   function slotFor(): number {
     let best = -1;
+    let free = -1;
+    let spent = -1;
     for (let s = 0; s < nSlots; s++) {
       const c = slotChunk[s];
-      if (c < 0) return s;
+      if (c < 0) {
+        if (free < 0) free = s;
+        continue;
+      }
       const st = Atomics.load(urlChunk, c);
       if (st === CHUNK_STATE.fetching || parkedOn[c] > 0) continue;
       if (best < 0 || slotStamp[s] < slotStamp[best]) best = s;
+      // A chunk none of whose pages is still empty is needed no more: reuse its slot (memory
+      // written before) rather than a never-used one (every first write there is a page fault).
+      if (spent < 0 || slotStamp[s] < slotStamp[spent]) {
+        const lo = c * ppc;
+        const hi = Math.min(nPages, lo + ppc);
+        let k = lo;
+        while (k < hi && pages[k] !== PAGE.empty) k++;
+        if (k === hi) spent = s;
+      }
     }
-    if (best >= 0) {
-      const old = slotChunk[best];
+    const pick = spent >= 0 ? spent : free >= 0 ? free : best;
+    if (pick >= 0 && slotChunk[pick] >= 0) {
+      const old = slotChunk[pick];
       slotOfChunk[old] = -1;
       Atomics.store(urlChunk, old, CHUNK_STATE.absent);
     }
-    return best;
+    return pick;
   }
 
   /** Asks the fetcher for chunk c (once), into a slot; without a free slot it waits in wantedQ. */
