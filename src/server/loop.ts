@@ -380,9 +380,11 @@ export async function serve(
       a = Math.max(rLo, p - (p % minW));
       b = Math.min(a + minW, rHi);
     } else {
-      // Sequential: right after the last window, or after a placed page (another thread's stream,
-      // or interleaved streams such as vCPUs taking alternate pages).
-      const seq = p === lastEnd || (p > rLo && pages[p - 1] === PAGE.placed);
+      // Sequential: right after the last window, or one or two pages after a placed page (another
+      // thread's stream, or interleaved streams such as vCPUs taking alternate pages, whose faults
+      // arrive together: without the second look each reset the other's window to one page).
+      const seq = p === lastEnd || (p > rLo && pages[p - 1] === PAGE.placed) ||
+        (p > rLo + 1 && pages[p - 2] === PAGE.placed); // two streams in step: the other's page is next
       window = seq ? Math.min(window * 2, maxW) : minW;
       stats[STAT.window] = window;
       a = p;
