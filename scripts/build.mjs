@@ -4,10 +4,11 @@
 // npm (no type check here: `deno check` does that; this only strips types and downlevels `using`).
 //
 //   node scripts/build.mjs          dist/: the library (mod, cli, cli/, src/, ffi/) with declarations,
-//                                   what package.json's "node" export condition points at
-//   (--out DIR: build there instead)
+//                                   what package.json's "node" export condition points at (emptied first)
 //   node scripts/build.mjs --tests  .node/: the whole tree (library, tests, examples, bench) for running
-//                                   the test suite, the examples and benchmarks under Node (npm run test:node)
+//                                   the test suite, the examples and benchmarks under Node (npm run test:node);
+//                                   updated in place, only the files that changed, each atomically
+//   --out DIR                       build into DIR instead
 //
 // Relative `.ts` imports become `.js` (rewriteRelativeImportExtensions). Two things the compiler
 // leaves alone are rewritten in the emitted JavaScript:
@@ -21,6 +22,7 @@ import {
   mkdirSync,
   readdirSync,
   readFileSync,
+  renameSync,
   rmSync,
   symlinkSync,
   writeFileSync,
@@ -67,7 +69,15 @@ const options = {
   newLine: ts.NewLineKind.LineFeed,
 };
 
-rmSync(outDir, { recursive: true, force: true });
+// Relative `.ts` paths in string literals (all path-like ones in a --tests build).
+const RELATIVE_TS = /(["'`])(\.\.?\/[\w./@-]*?)\.ts\1/g;
+const PATH_TS = /(["'`])([\w@][\w./@-]*?|\.\.?\/[\w./@-]*?)\.ts\1/g;
+const MAIN = /\bimport\.meta\.main\b/g;
+const MAIN_NODE = "(import.meta.main ?? import.meta.filename === process.argv[1])";
+const rewrite = (js) => js.replace(tests ? PATH_TS : RELATIVE_TS, "$1$2.js$1").replace(MAIN, MAIN_NODE);
+let files = 0;
+
+if (!tests) rmSync(outDir, { recursive: true, force: true });
 if (tests) {
   // Nothing to declare: each file on its own (much faster than a program over the whole tree).
   for (const f of roots) {
@@ -93,9 +103,14 @@ if (tests) {
       );
       process.exit(1);
     }
+    // In place and atomically, and only what changed: a test run may be reading the tree.
     const out = join(outDir, f.replace(/\.ts$/, ".js"));
+    const text = rewrite(r.outputText);
+    files++;
+    if (existsSync(out) && readFileSync(out, "utf8") === text) continue;
     mkdirSync(dirname(out), { recursive: true });
-    writeFileSync(out, r.outputText);
+    writeFileSync(`${out}.tmp`, text);
+    renameSync(`${out}.tmp`, out);
   }
 } else {
   const program = ts.createProgram(roots.map((f) => join(ROOT, f)), options);
@@ -109,37 +124,47 @@ if (tests) {
   }
 }
 
-// Relative `.ts` paths in string literals (all path-like ones in a --tests build).
-const RELATIVE_TS = /(["'`])(\.\.?\/[\w./@-]*?)\.ts\1/g;
-const PATH_TS = /(["'`])([\w@][\w./@-]*?|\.\.?\/[\w./@-]*?)\.ts\1/g;
-const MAIN = /\bimport\.meta\.main\b/g;
-const MAIN_NODE = "(import.meta.main ?? import.meta.filename === process.argv[1])";
+if (!tests) {
+  const walk = (dir) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith(".js") || e.name.endsWith(".d.ts")) {
+        const src = readFileSync(p, "utf8");
+        const out = rewrite(src);
+        if (out !== src) writeFileSync(p, out);
+        if (e.name.endsWith(".js")) files++;
+      }
+    }
+  };
+  walk(outDir);
+}
 
-let files = 0;
-const walk = (dir) => {
+/** Deletes the .js files under `dir` that no source produced (a source deleted or moved since). */
+function prune(dir, keep) {
   for (const e of readdirSync(dir, { withFileTypes: true })) {
     const p = join(dir, e.name);
-    if (e.isDirectory()) walk(p);
-    else if (e.name.endsWith(".js") || e.name.endsWith(".d.ts")) {
-      const src = readFileSync(p, "utf8");
-      const out = src.replace(tests ? PATH_TS : RELATIVE_TS, "$1$2.js$1").replace(MAIN, MAIN_NODE);
-      if (out !== src) writeFileSync(p, out);
-      files++;
-    }
+    if (e.isDirectory()) prune(p, keep); // not the symbolic links: fixtures, node_modules
+    else if (e.isFile() && e.name.endsWith(".js") && !keep.has(p)) rmSync(p);
   }
-};
-walk(outDir);
+}
+
+/** A symbolic link at `path` to `target`, unless there is one already. */
+function link(target, path) {
+  if (existsSync(path)) return;
+  mkdirSync(dirname(path), { recursive: true });
+  symlinkSync(target, path);
+}
 
 if (tests) {
+  prune(outDir, new Set(roots.map((f) => join(outDir, f.replace(/\.ts$/, ".js")))));
   // Non-TypeScript files the tests find next to themselves (C fixtures, the native handler).
   for (const dir of ["tests/fixtures", "bench/native"]) {
-    const link = join(outDir, dir);
-    mkdirSync(dirname(link), { recursive: true });
-    symlinkSync(join(ROOT, dir), link);
+    link(join(ROOT, dir), join(outDir, dir));
   }
   // koffi for the tests' copies of the tree (tests/helpers/world_readable.ts) and children.
-  symlinkSync(join(ROOT, "node_modules"), join(outDir, "node_modules"));
-  symlinkSync(join(ROOT, "README.md"), join(outDir, "README.md")); // tests/docs.test.ts reads it
+  link(join(ROOT, "node_modules"), join(outDir, "node_modules"));
+  link(join(ROOT, "README.md"), join(outDir, "README.md")); // tests/docs.test.ts reads it
   const exports = { ".": "./mod.js", "./cli": "./cli.js" };
   writeFileSync(
     join(outDir, "package.json"),

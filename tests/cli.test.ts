@@ -249,7 +249,7 @@ describe("uffd CLI as a child process", () => {
 
   it(
     "features needs no permission but --allow-ffi under Deno (all its reads go through libc)",
-    { ...T, skip: libc.runtime === "deno" ? false : "Bun has no permission flags" },
+    { ...T, skip: libc.runtime === "deno" ? false : "only Deno has permission flags" },
     () => {
       for (const args of [["features"], ["features", "--json"]]) {
         const r = spawnSync(process.execPath, ["run", "--allow-ffi", CLI, ...args], {

@@ -761,8 +761,12 @@ const NODE = !("Deno" in globalThis) && !("Bun" in globalThis);
 const loaded = new WeakSet<Worker>();
 
 function endThread(w: Worker): void {
-  if (!NODE || loaded.has(w)) void w.terminate();
-  else w.once("message", () => void w.terminate());
+  if (!NODE || loaded.has(w)) {
+    void w.terminate();
+  } else {
+    w.ref(); // until then: whoever awaits `exited` must not see an empty event loop
+    w.once("message", () => void w.terminate());
+  }
 }
 
 function takeWarm(role: "primary" | "standby" | "fetcher"): Worker | undefined {
