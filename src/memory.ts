@@ -211,6 +211,12 @@ export interface MemfdOptions {
   name?: string;
   /** Back the memfd with huge pages (`MFD_HUGETLB`). */
   hugetlb?: boolean;
+  /**
+   * Map the memfd `MAP_PRIVATE` instead of `MAP_SHARED` (the kernel selftests' `shmem-private` and
+   * `hugetlb-private` memory types): writes through this mapping are copy-on-write, private to it;
+   * an {@link Mapping.alias} is still a shared mapping of the memfd's own pages. Default false.
+   */
+  private?: boolean;
 }
 
 /**
@@ -240,6 +246,7 @@ export class Mapping {
   #owned: boolean;
   #ownsFd: boolean;
   #closed = false;
+  #private = false;
 
   private constructor(
     address: number,
@@ -302,12 +309,13 @@ export class Mapping {
   }
 
   /**
-   * A memfd of `length` bytes mapped shared. Use {@link alias} for a second
-   * mapping of the same pages (to fill them out of band, for MINOR/CONTINUE).
+   * A memfd of `length` bytes mapped shared (or private with `options.private`). Use {@link alias}
+   * for a second, shared mapping of the same pages (to fill them out of band, for MINOR/CONTINUE).
    */
   static memfd(length: number, options: MemfdOptions = {}): Mapping {
-    checkOptions("memfd_create", options, ["name", "hugetlb"]);
+    checkOptions("memfd_create", options, ["name", "hugetlb", "private"]);
     checkBoolean("memfd_create", "hugetlb", options.hugetlb);
+    checkBoolean("memfd_create", "private", options.private);
     if (options.name !== undefined && typeof options.name !== "string") {
       throw invalid("memfd_create", `name must be a string (got ${describeValue(options.name)})`);
     }
@@ -325,13 +333,16 @@ export class Mapping {
       libc.close(fd);
       throw new UffdError("ftruncate", e);
     }
-    const a = libc.mmap(0, length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_SHARED, fd, 0);
+    const share = options.private ? mm.MAP_PRIVATE : mm.MAP_SHARED;
+    const a = libc.mmap(0, length, mm.PROT_READ | mm.PROT_WRITE, share, fd, 0);
     if (a === -1) {
       const e = libc.errno();
       libc.close(fd);
       throw new UffdError("mmap", e);
     }
-    return new Mapping(a, length, huge ? "hugetlb" : "shmem", ps, fd, true, true);
+    const m = new Mapping(a, length, huge ? "hugetlb" : "shmem", ps, fd, true, true);
+    m.#private = options.private ?? false;
+    return m;
   }
 
   /**
@@ -396,6 +407,14 @@ export class Mapping {
     const a = libc.mmap(0, this.length, mm.PROT_READ | mm.PROT_WRITE, mm.MAP_SHARED, this.fd, 0);
     if (a === -1) fail("mmap");
     return new Mapping(a, this.length, this.kind, this.pageSize, this.fd, true, false);
+  }
+
+  /**
+   * Whether a memfd mapping is `MAP_PRIVATE` (`Mapping.memfd(n, { private: true })`): its
+   * writes are copy-on-write, not seen through the memfd or an alias. False for every other kind.
+   */
+  get isPrivate(): boolean {
+    return this.#private;
   }
 
   /** Whether {@link close} has run. */

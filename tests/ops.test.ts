@@ -144,6 +144,22 @@ describe("UFFDIO_REGISTER / UFFDIO_UNREGISTER", () => {
     },
   );
 
+  it("a private memfd mapping (shmem-private) is copy-on-write: its COPY is not seen through the shared alias", () => {
+    using uffd = Userfaultfd.open({ features: ["MISSING_SHMEM"] });
+    using priv = Mapping.memfd(2 * pageSize, { private: true });
+    using alias = priv.alias();
+    assert.equal(priv.isPrivate, true);
+    assert.equal(alias.isPrivate, false);
+    alias.bytes()[pageSize] = 9; // page 1 of the memfd exists; page 0 does not
+    const reg = uffd.register(priv, { missing: true });
+    assert.ok(reg.ioctls.includes("COPY"));
+    const src = new Uint8Array(pageSize).fill(7);
+    assert.equal(uffd.copy({ start: priv.start, len: pageSize, src }), pageSize);
+    assert.equal(priv.bytes()[0], 7);
+    assert.equal(alias.bytes()[0], 0, "a COPY into a private mapping must not reach the memfd");
+    assert.throws(() => Mapping.memfd(pageSize, { private: "yes" as unknown as boolean }), /private/);
+  });
+
   it("unregister stops fault handling: COPY then fails with ENOENT, and the range can be registered again", () => {
     using uffd = Userfaultfd.open();
     using mem = Mapping.anonymous(2 * pageSize);
