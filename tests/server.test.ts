@@ -1,6 +1,6 @@
 import { after, describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { availableParallelism } from "node:os";
+import { availableParallelism, tmpdir } from "node:os";
 import {
   alignedSharedBytes,
   FaultServer,
@@ -17,6 +17,20 @@ import { until } from "./helpers/uffd_wait.ts";
 import { within } from "./helpers/toucher.ts";
 import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
+import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
+import { spawnSync } from "node:child_process";
+import {
+  accessSync,
+  constants,
+  existsSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 const T = { timeout: 90000 };
 const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
@@ -765,3 +779,141 @@ async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {
   const until = Date.now() + ms;
   while (!cond() && Date.now() < until) await new Promise((r) => setTimeout(r, 5));
 }
+
+describe("FaultServer: served memory handed to a syscall (kernel-mode faults)", () => {
+  const child = fileURLToPath(new URL("./children/server_kernel_write.ts", import.meta.url));
+  const parse = (r: { status: number | null; stdout: string; stderr: string }) => {
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split("\n").pop()!);
+  };
+  const mayOpenDevice = (() => {
+    try {
+      accessSync("/dev/userfaultfd", constants.R_OK | constants.W_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  })();
+
+  it("write(2) of untouched served pages succeeds with the right bytes where kernel faults may be served", {
+    ...T,
+    skip: mayOpenDevice ? false : "needs access to /dev/userfaultfd",
+  }, () => {
+    const dir = mkdtempSync(join(tmpdir(), "uffd-kwrite-"));
+    try {
+      const out = parse(runChild(child, [join(dir, "out.bin")]));
+      assert.deepEqual(
+        { kernelFaults: out.kernelFaults, written: out.written, same: out.same },
+        { kernelFaults: true, written: true, same: true },
+        JSON.stringify(out),
+      );
+      assert.ok(out.faults > 0, "the pages were served by faults");
+      // userModeOnly: true keeps the kernel's access unserved: EFAULT, as documented
+      const umo = parse(runChild(child, [join(dir, "out2.bin"), "true"]));
+      assert.equal(umo.kernelFaults, false);
+      assert.equal(umo.written, false);
+      assert.equal(umo.code, "EFAULT", JSON.stringify(umo));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const asNobody = libc.syscall(102 /* getuid */) !== 0
+    ? "needs root (to drop to uid 65534)"
+    : !existsSync("/usr/bin/setpriv")
+    ? "needs setpriv"
+    : !worldSearchableTmp()
+    ? "needs a temporary directory every user can reach"
+    : readFileSync("/proc/sys/vm/unprivileged_userfaultfd", "utf8").trim() !== "0"
+    ? "needs vm.unprivileged_userfaultfd = 0"
+    : (statSync("/dev/userfaultfd", { throwIfNoEntry: false })?.mode ?? 0) & 0o006
+    ? "needs a /dev/userfaultfd that uid 65534 cannot open"
+    : false;
+  it(
+    "an unprivileged process gets a user-mode-only server (kernelFaults false, EFAULT); userModeOnly: false is EPERM",
+    {
+      ...T,
+      skip: asNobody,
+    },
+    () => {
+      using tree = worldReadableTree(["tests/children/server_kernel_write.ts"]);
+      const run = (mode: string) => {
+        const [cmd, ...argv] = tree.command("tests/children/server_kernel_write.ts", [
+          join(tree.home, `out-${mode}.bin`),
+          mode,
+        ]);
+        return parse(spawnSync("/usr/bin/setpriv", [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          cmd,
+          ...argv,
+        ], {
+          encoding: "utf8",
+          cwd: tree.dir,
+          timeout: 25000,
+          killSignal: "SIGKILL",
+          env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
+        }));
+      };
+      const dflt = run("default");
+      assert.equal(dflt.started, true, JSON.stringify(dflt));
+      assert.equal(dflt.kernelFaults, false);
+      assert.equal(dflt.code, "EFAULT", JSON.stringify(dflt));
+      const strict = run("false");
+      assert.equal(strict.started, false, JSON.stringify(strict));
+      assert.equal(strict.code, "EPERM");
+    },
+  );
+
+  it("userModeOnly must be a boolean", async () => {
+    await assert.rejects(
+      FaultServer.start({
+        source: { kind: "zero", length: pageSize },
+        userModeOnly: "no" as unknown as boolean,
+      }),
+      (e: unknown) => e instanceof UffdError && /userModeOnly must be a boolean/.test(e.message),
+    );
+  });
+});
+
+describe("FaultServer: counters", () => {
+  it("heapStart and heapNow are the serving thread's own JS heap, not the process's", T, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "uffd-heap-"));
+    try {
+      // 96 MiB held by the main thread, as a Buffer read from a file (heap-accounted in every runtime)
+      writeFileSync(join(dir, "big.bin"), new Uint8Array(96 << 20).fill(1));
+      const big = readFileSync(join(dir, "big.bin"));
+      const server = await FaultServer.start({ source: { kind: "zero", length: 16 * pageSize } });
+      try {
+        const { heapStart, heapNow } = server.stats;
+        assert.ok(heapStart > 0 && heapStart < 48 << 20, `heapStart ${heapStart} (main holds ${big.length})`);
+        assert.ok(heapNow > 0 && heapNow < 48 << 20, `heapNow ${heapNow}`);
+      } finally {
+        await server.close();
+      }
+      assert.equal(big[big.length - 1], 1);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it(
+    "count a fault's pages before its thread is woken (1024 touches, each sees its own page counted)",
+    T,
+    () => {
+      const r = runChild(fileURLToPath(new URL("./children/server_counters.ts", import.meta.url)), [], 60000);
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
+      assert.equal(out.sum, 5 * 1024);
+      assert.equal(
+        out.behind,
+        0,
+        `counters lagged behind the woken faulter ${out.behind} times; ${out.firstBehind}`,
+      );
+      assert.equal(out.pages, 1024);
+      assert.equal(out.closedPages, 1024);
+      assert.equal(out.bytes, 1024 * pageSize);
+    },
+  );
+});

@@ -127,6 +127,16 @@ export interface FaultServerOptions {
   signal?: AbortSignal;
   /** How long close() waits for the Worker to drain, in ms (default 5000). */
   closeTimeoutMs?: number;
+  /**
+   * Whether faults the kernel takes while it accesses the served memory on the program's behalf
+   * (`write(2)`, `send(2)`, `crypto`, `fs` given a view of it) are left undelivered. Default: they
+   * are served whenever this process may open such a descriptor (`/dev/userfaultfd` is open to it,
+   * or it has CAP_SYS_PTRACE, or `vm.unprivileged_userfaultfd` is 1); otherwise the descriptor is
+   * user-mode-only and such a call fails with EFAULT on a page not yet touched (touch it first).
+   * {@link FaultServer.kernelFaults} says which. `true` asks for user-mode-only always; `false`
+   * requires kernel-mode faults and throws EPERM where they cannot be had. Ignored for `remote`.
+   */
+  userModeOnly?: boolean;
 }
 
 /** A snapshot of the server's counters. */
@@ -170,7 +180,10 @@ export interface FaultServerStats {
   reads: number;
   /** Pages dropped by madvise. */
   removed: number;
-  /** JS heap of the Worker when it started, bytes (0 where the runtime does not report it). */
+  /**
+   * JS heap of the serving thread itself (not the process) when the server became ready, bytes
+   * (0 where the runtime does not report it).
+   */
   heapStart: number;
   /** JS heap of the Worker at the last sample (every 65536 faults and at stop), bytes. */
   heapNow: number;
@@ -228,6 +241,13 @@ export class FaultServer {
   readonly ready: Promise<void>;
   /** The descriptor. */
   readonly uffd: Userfaultfd;
+  /**
+   * Whether faults taken in kernel mode (a syscall reading or writing the served memory) are
+   * served: false when the descriptor is user-mode-only (see {@link FaultServerOptions.userModeOnly}),
+   * and then such a syscall on a page not yet touched fails with EFAULT. False for `remote` (the
+   * other process opened that descriptor and chose).
+   */
+  readonly kernelFaults: boolean;
   /** The served regions (Float64Array of start, length, first page), shared with the Worker. */
   readonly #regions: Float64Array;
   readonly #pageSize: number;
@@ -291,9 +311,25 @@ export class FaultServer {
         : []),
     ];
     // O_NONBLOCK: poll(2) on a blocking userfaultfd always reports POLLERR.
-    this.uffd = remote
-      ? remote.uffd
-      : Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true });
+    let kernelFaults = false;
+    if (remote) this.uffd = remote.uffd;
+    else {
+      const open = (userModeOnly: boolean): Userfaultfd =>
+        Userfaultfd.open({ features: [...features, ...extra], nonBlocking: true, userModeOnly });
+      if (options.userModeOnly === true) this.uffd = open(true);
+      else {
+        try {
+          this.uffd = open(false);
+          kernelFaults = true;
+        } catch (e) {
+          // Without /dev/userfaultfd, CAP_SYS_PTRACE or the sysctl, the kernel allows only a
+          // user-mode-only descriptor (EPERM otherwise): take that unless the caller required more.
+          if (options.userModeOnly === false || !(e instanceof UffdError) || e.code !== "EPERM") throw e;
+          this.uffd = open(true);
+        }
+      }
+    }
+    this.kernelFaults = kernelFaults;
     let init: ServerInit;
     try {
       const opened = openSource(src);
@@ -794,6 +830,7 @@ const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [
   "prefetch",
   "prefetchRun",
   "record",
+  "userModeOnly",
 ];
 
 /** Validates the options (before anything is created) and fills in the defaults. */
@@ -811,6 +848,9 @@ function resolveOptions(options: FaultServerOptions): {
     if (!OPTION_KEYS.includes(k as keyof FaultServerOptions)) {
       throw bad(`unknown option "${k}"; known: ${OPTION_KEYS.join(", ")}`);
     }
+  }
+  if (options.userModeOnly !== undefined && typeof options.userModeOnly !== "boolean") {
+    throw bad(`userModeOnly must be a boolean (got ${JSON.stringify(options.userModeOnly)})`);
   }
   const src = options.source;
   if (!src || typeof src !== "object") throw bad('source is required, e.g. { kind: "bytes", data }');

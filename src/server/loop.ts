@@ -335,7 +335,10 @@ export async function serve(
     if (have < n * ps) st.fill(0, have);
   }
 
-  /** Places pages [a, a+n) from a custom source, retrying per policy; bytes done or -errno. */
+  /**
+   * Places pages [a, a+n) from a custom source, retrying per policy; bytes done or -errno. Counts
+   * the pages (precount) once the source has filled them, before the ioctl; finish() settles.
+   */
   async function placeCustom(a: number, n: number): Promise<number> {
     const off = a * ps;
     const dest = stagingFor(n);
@@ -349,8 +352,10 @@ export async function serve(
         }
         if (placement === "move") {
           if (from) dest.set(from.subarray(0, n * ps));
+          precount(n);
           return placeFrom(ioctl.UFFDIO_MOVE, a, n, FROM_STAGING);
         }
+        precount(n);
         if (!from) return placeFrom(ioctl.UFFDIO_COPY, a, n, FROM_STAGING);
         // A returned buffer: the kernel copies from it directly.
         put(cpw, 0, dbase + a * ps);
@@ -361,6 +366,7 @@ export async function serve(
       } catch (e) {
         if (attempt >= policy.retries) {
           recordError(`page source failed at offset ${off}: ${e instanceof Error ? e.message : String(e)}`);
+          precount(n); // settled (taken back) by finish()
           return SOURCE_FAILED;
         }
         stats[STAT.retries]++;
@@ -475,13 +481,34 @@ export async function serve(
     return PLACE;
   }
 
-  /** After placing window [a, b) with result r: DONE, DEFER (retry after events) or SINGLE. */
+  /**
+   * Counts n pages as placed before the ioctl that places them wakes their faulters, so a
+   * thread woken by its fault reads counters that include its own pages; {@link settle} takes
+   * back what the ioctl did not place.
+   */
+  function precount(n: number): void {
+    stats[STAT.pages] += n;
+    stats[STAT.bytes] += n * ps;
+  }
+
+  /** After an ioctl counted by precount(n) returned r (bytes or -errno): uncounts what it did not place. */
+  function settle(n: number, r: number): void {
+    const got = r > 0 ? r : 0;
+    if (got !== n * ps) {
+      stats[STAT.pages] -= n - Math.floor(got / ps);
+      stats[STAT.bytes] -= n * ps - got;
+    }
+  }
+
+  /**
+   * After placing window [a, b) (counted by precount(b - a)) with result r: DONE, DEFER (retry
+   * after events) or SINGLE (then the caller places p alone: precount(1), finishSingle).
+   */
   function finish(p: number, a: number, b: number, r: number): number {
+    settle(b - a, r);
     if (r > 0) {
       const done = r / ps;
       mark(a, done, PAGE.placed);
-      stats[STAT.pages] += done;
-      stats[STAT.bytes] += r;
       record(a, done);
       if (a + done > p) return DONE;
       // A partial copy stopped before the faulting page (a present page, or the address space
@@ -498,7 +525,9 @@ export async function serve(
       // written before the range was registered): remember it, then place the faulting page alone.
       stats[STAT.eexist]++;
       pages[a] = PAGE.placed;
-      return a === p ? finishSingle(p, r) : SINGLE;
+      if (a !== p) return SINGLE;
+      precount(1); // finishSingle settles one page
+      return finishSingle(p, r);
     }
     if (r === SOURCE_FAILED) {
       fail(p); // the source failed after its retries
@@ -510,12 +539,11 @@ export async function serve(
     return DONE;
   }
 
-  /** After placing only the faulting page p with result r. */
+  /** After placing only the faulting page p (counted by precount(1)) with result r. */
   function finishSingle(p: number, r: number): number {
+    settle(1, r);
     if (r > 0) {
       pages[p] = PAGE.placed;
-      stats[STAT.pages]++;
-      stats[STAT.bytes] += r;
       record(p, 1);
     } else if (r === -EEXIST) {
       pages[p] = PAGE.placed;
@@ -648,8 +676,12 @@ export async function serve(
       const ahead = c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready ? seqAhead : 1;
       for (let k = 1; k <= ahead; k++) request(c + k);
     }
+    precount(b - a);
     let k = finish(p, a, b, placeFrom(ioctl.UFFDIO_COPY, a, b - a, FROM_CACHE));
-    if (k === SINGLE) k = finishSingle(p, placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_CACHE));
+    if (k === SINGLE) {
+      precount(1);
+      k = finishSingle(p, placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_CACHE));
+    }
     return k === DONE;
   }
 
@@ -689,8 +721,12 @@ export async function serve(
     if (w !== PLACE) return w === HANDLED;
     const a = winA;
     const b = winB;
+    precount(b - a);
     let k = finish(p, a, b, placeSync(a, b - a));
-    if (k === SINGLE) k = finishSingle(p, placeSync(p, 1));
+    if (k === SINGLE) {
+      precount(1);
+      k = finishSingle(p, placeSync(p, 1));
+    }
     return k === DONE;
   }
 
@@ -710,6 +746,8 @@ export async function serve(
       Atomics.store(ctrl, CTRL.crashes, 0);
       Atomics.store(ctrl, CTRL.filling, p + 1);
     }
+    // placeCustom counts its pages itself, after the source ran: a source that ends this thread
+    // leaves nothing counted.
     let k = finish(p, a, b, await placeCustom(a, b - a));
     if (k === SINGLE) k = finishSingle(p, await placeCustom(p, 1));
     Atomics.store(ctrl, CTRL.filling, 0);
@@ -854,7 +892,8 @@ export async function serve(
 
   // JS heap of this Worker, sampled every 65536 faults: the hot path must not grow it.
   const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process?.memoryUsage;
-  stats[STAT.heapStart] = stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
+  stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
+  if (stats[STAT.heapStart] === 0) stats[STAT.heapStart] = stats[STAT.heapNow]; // else sampled before ready
 
   // The prefetcher: installs a plan of pages (a recorded working set) right after the start, in
   // coalesced runs of up to `prefetchRun` pages placed with DONTWAKE, one poll(0) between runs so

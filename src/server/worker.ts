@@ -152,6 +152,11 @@ try {
     Atomics.store(ctrl, CTRL.tid, libc.syscall(NR_gettid));
     Atomics.notify(ctrl, CTRL.tid);
     const fill = await loadSource();
+    // The heap counters hold this thread's heap from the moment the server is ready.
+    const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process
+      ?.memoryUsage;
+    const stats = new Float64Array(init.stats);
+    stats[STAT.heapStart] = stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
     post({ type: "ready" });
     await serve(init, fill, true, fetchPort);
     post({ type: "stopped" });
