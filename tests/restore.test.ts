@@ -98,6 +98,59 @@ function chain(pages = 64): { base: string; layers: string[]; files: Map<number,
   };
 }
 
+/** Resident bytes of this process's mappings of `path` (/proc/self/smaps Rss). */
+function residentOf(path: string): number {
+  let rss = 0;
+  let inFile = false;
+  for (const line of readFileSync("/proc/self/smaps", "utf8").split("\n")) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inFile = line.endsWith(` ${path}`);
+    else if (inFile && line.startsWith("Rss:")) rss += Number(line.split(/\s+/)[1]) * 1024;
+  }
+  return rss;
+}
+
+describe("snapshot source: populate (read the files ahead)", () => {
+  it(
+    "reads every data extent of the chain into this process's mappings, skips holes, content unchanged",
+    T,
+    async () => {
+      const pages = 64;
+      const c = chain(pages);
+      const exp = expected(pages, c.files);
+      const server = await FaultServer.start({
+        source: { kind: "snapshot", path: c.base, layers: c.layers },
+        populate: true,
+      });
+      try {
+        // base: 60 data pages (20-23 are holes), layer 1: 11, layer 2: 2
+        assert.equal(server.populateBytes, (60 + 11 + 2) * PS);
+        const until = Date.now() + 10000;
+        while (server.populated < server.populateBytes && Date.now() < until) {
+          await new Promise((r) => setTimeout(r, 5));
+        }
+        assert.equal(server.populated, server.populateBytes);
+        // At least the data pages are mapped (the kernel's fault-around may map cached neighbours too).
+        assert.ok(residentOf(c.base) >= 60 * PS, `base resident ${residentOf(c.base)}`);
+        assert.ok(residentOf(c.layers[0]) >= 11 * PS, `layer 1 resident ${residentOf(c.layers[0])}`);
+        assert.ok(residentOf(c.layers[1]) >= 2 * PS, `layer 2 resident ${residentOf(c.layers[1])}`);
+        const [r] = await runFaulters(server.mapping.start, server.mapping.length, PS, exp, [
+          { order: "random", first: 0, count: pages },
+        ]);
+        assert.equal(r.bad, 0, "every page as the chain says");
+      } finally {
+        server.close();
+      }
+      const plain = await FaultServer.start({ source: { kind: "snapshot", path: c.base } });
+      try {
+        assert.equal(plain.populateBytes, 0, "populate is off by default");
+        assert.equal(residentOf(c.base), 0, "without populate nothing is read ahead");
+      } finally {
+        plain.close();
+      }
+    },
+  );
+});
+
 describe("snapshot source: memory file + diff layers", () => {
   it(
     "serves each page from the topmost layer with data; holes fall through; a hole everywhere is zeros",

@@ -5,6 +5,8 @@
  * @module
  */
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import { libc } from "../../ffi/mod.ts";
+import { mm } from "../abi.ts";
 import { invalid, UffdError } from "../errors.ts";
 import { EventFd } from "../eventfd.ts";
 import { Mapping, pageSize as systemPageSize } from "../memory.ts";
@@ -137,6 +139,17 @@ export interface FaultServerOptions {
    * requires kernel-mode faults and throws EPERM where they cannot be had. Ignored for `remote`.
    */
   userModeOnly?: boolean;
+  /**
+   * Read a `file` or `snapshot` source's files into memory ahead of the faults, from the start
+   * on: the main thread asks the kernel to populate this process's mappings of them
+   * (`MADV_POPULATE_READ`, 2 MiB at a time, at most ~5 ms per event-loop turn) while the
+   * serving thread serves. A cold page cache is then read sequentially, in large requests,
+   * instead of one page per fault at random; a warm one saves each fault's COPY a page-table
+   * miss on the source. Firecracker's example handler does the same with `MAP_POPULATE`. Costs
+   * page cache for the whole file (data extents only: holes are skipped). Default false;
+   * {@link FaultServer.populated} counts the bytes done.
+   */
+  populate?: boolean;
 }
 
 /** A snapshot of the server's counters. */
@@ -267,6 +280,8 @@ export class FaultServer {
   #fetcherAlive = false;
   readonly #closeTimeoutMs: number;
   #closed = false;
+  #toPopulate: Array<[number, number]> = [];
+  #populated = 0;
   #exited: Promise<void>;
   #onClose: "poison" | "zero" | undefined;
 
@@ -334,6 +349,7 @@ export class FaultServer {
     try {
       const opened = openSource(src);
       this.#hold.push(...opened.hold);
+      if (options.populate) this.#toPopulate = opened.populate ?? [];
       this.#fetcher = opened.fetcher ?? false;
       if (this.#fetcher) {
         // The fetcher thread writes into the cache and signals the eventfd: both are released
@@ -564,7 +580,50 @@ export class FaultServer {
     } finally {
       clearInterval(keepAlive);
     }
+    if (s.#toPopulate.length > 0) s.#populate();
     return s;
+  }
+
+  /**
+   * Bytes of the source's files read ahead so far (`populate`); when it equals
+   * {@link populateBytes} the whole file is in memory.
+   */
+  get populated(): number {
+    return this.#populated;
+  }
+
+  /** Bytes `populate` reads in all (0 without it, or for a source without files). */
+  get populateBytes(): number {
+    return this.#toPopulate.reduce((n, [, len]) => n + len, 0);
+  }
+
+  /** The `populate` loop: 2 MiB per madvise, ~5 ms per turn of the event loop, until done or closed. */
+  #populate(): void {
+    const STEP = 2 << 20;
+    const ranges = this.#toPopulate;
+    let i = 0;
+    let off = 0;
+    const turn = (): void => {
+      const t0 = performance.now();
+      while (!this.#closed && i < ranges.length && performance.now() - t0 < 5) {
+        const [a, len] = ranges[i];
+        const n = Math.min(STEP, len - off);
+        // An error (EFAULT past a file truncated meanwhile, ENOMEM) only ends the read-ahead
+        // of this range: the fault path reads every page it places anyway, and reports its errors.
+        if (libc.madvise(a + off, n, mm.MADV_POPULATE_READ) === 0) this.#populated += n;
+        else off = len - n;
+        off += n;
+        if (off >= len) {
+          i++;
+          off = 0;
+        }
+      }
+      if (!this.#closed && i < ranges.length) {
+        const t = setTimeout(turn, 0) as unknown as { unref?: () => void };
+        t.unref?.(); // Node and Bun: a forgotten server's read-ahead does not keep the process alive
+      }
+    };
+    turn();
   }
 
   /**
@@ -831,6 +890,7 @@ const OPTION_KEYS: readonly (keyof FaultServerOptions)[] = [
   "prefetchRun",
   "record",
   "userModeOnly",
+  "populate",
 ];
 
 /** Validates the options (before anything is created) and fills in the defaults. */
@@ -849,8 +909,10 @@ function resolveOptions(options: FaultServerOptions): {
       throw bad(`unknown option "${k}"; known: ${OPTION_KEYS.join(", ")}`);
     }
   }
-  if (options.userModeOnly !== undefined && typeof options.userModeOnly !== "boolean") {
-    throw bad(`userModeOnly must be a boolean (got ${JSON.stringify(options.userModeOnly)})`);
+  for (const k of ["userModeOnly", "populate"] as const) {
+    if (options[k] !== undefined && typeof options[k] !== "boolean") {
+      throw bad(`${k} must be a boolean (got ${JSON.stringify(options[k])})`);
+    }
   }
   const src = options.source;
   if (!src || typeof src !== "object") throw bad('source is required, e.g. { kind: "bytes", data }');

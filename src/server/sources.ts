@@ -95,6 +95,11 @@ export interface OpenedSource {
   release?: () => void;
   /** A url source: the server starts a fetcher thread. */
   fetcher?: boolean;
+  /**
+   * [address, length] ranges of file data in this process's mappings worth reading ahead
+   * (FaultServer `populate`): the whole file of a `file` source, the data extents of a snapshot's.
+   */
+  populate?: Array<[number, number]>;
 }
 
 /** Opens a source: maps files, copies a non-shared buffer, checks lengths. */
@@ -111,6 +116,7 @@ export function openSource(src: PageSource): OpenedSource {
         length: m.length,
         owned: [m],
         hold: [],
+        populate: [[m.start, m.length]],
       };
     }
     case "snapshot":
@@ -206,6 +212,9 @@ function openSnapshot(path: string, layers: string[], checksums?: SnapshotChecks
       length,
       owned,
       hold: [],
+      populate: files.flatMap((f, k) =>
+        extents[k].map(([s, e]): [number, number] => [f.mapping.start + s, Math.min(e, f.mapping.length) - s])
+      ),
       init: (pages, ps) => {
         // One byte per page: the topmost layer with data anywhere in the page (files[k] is k + 1).
         const table = new Uint8Array(new SharedArrayBuffer(pages));
