@@ -5,7 +5,7 @@
  * - `file`: Firecracker's File backend (guest RAM a MAP_PRIVATE mmap of the memory file, no handler);
  * - `c`: bench/native/fc_handler.c, Firecracker's on-demand example (one 4 KiB COPY per fault);
  * - `deno-ondemand`, `bun-ondemand`: `cli.ts firecracker --readahead 1` (the same design);
- * - `deno-lazy`, `bun-lazy`: the default with `--no-populate` (nothing read ahead in the background);
+ * - `deno-populate`, `bun-populate`: the default with `--populate` (the files read ahead in the background);
  * - `deno`, `bun`: `cli.ts firecracker` with its default (adaptive readahead);
  * - `deno-prefetch`, `bun-prefetch`: `cli.ts firecracker --prefetch WS`, WS recorded (`--record`,
  *   `--readahead 1`) by a first restore of the same workload before the timed rounds;
@@ -74,11 +74,11 @@ const IMPLS = [
   "c",
   "deno-ondemand",
   "deno",
-  "deno-lazy",
+  "deno-populate",
   "deno-prefetch",
   "bun-ondemand",
   "bun",
-  "bun-lazy",
+  "bun-populate",
   "bun-prefetch",
 ] as const;
 type Impl = typeof IMPLS[number];
@@ -280,7 +280,7 @@ function handlerCommand(ctx: Ctx, impl: string, wl: Workload, sock: string, extr
   const rt = impl.split("-")[0] as Runtime;
   const args = ["firecracker", "--socket", sock, "--mem-file", ctx.memFile, "--json"];
   if (impl.endsWith("-ondemand")) args.push("--readahead", "1");
-  if (impl.endsWith("-lazy")) args.push("--no-populate");
+  if (impl.endsWith("-populate")) args.push("--populate");
   if (impl.endsWith("-prefetch")) {
     const ws = ctx.ws.get(`${wl.name}/${rt}`);
     if (!ws) throw new Error(`no working set recorded for ${wl.name} ${rt}`);

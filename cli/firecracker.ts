@@ -36,9 +36,9 @@ listens on PATH, takes the VMM's userfaultfd and regions, serves guest memory fr
   --readahead N|adaptive     pages placed per fault (default adaptive: doubles on sequential faults to 64)
   --record FILE              write the pages installed on demand, in first-touch order (a working set)
   --prefetch FILE            install that working set right after the handshake (demand faults first)
-  --no-populate              do not read the memory file and layers ahead in the background (by default
-                             they are, as Firecracker's example handler does: a cold page cache is then
-                             read sequentially, not a page per fault)
+  --populate                 read the memory file and layers ahead in the background while serving, as
+                             Firecracker's example handler does with MAP_POPULATE (a cold page cache is
+                             then read in large requests; costs page cache for the whole file)
   --kill-on-error            SIGKILL the VMM on a fatal handler error, so the guest never hangs silently
   --accept-timeout-ms N      give up when no VMM connects in time (default: wait)
   --handshake-timeout-ms N   how long the handshake may take once connected (default 5000)
@@ -101,7 +101,7 @@ export async function runFirecracker(args: string[]): Promise<number> {
         readahead: { type: "string" },
         record: { type: "string" },
         prefetch: { type: "string" },
-        "no-populate": { type: "boolean" },
+        populate: { type: "boolean" },
         "kill-on-error": { type: "boolean" },
         "accept-timeout-ms": { type: "string" },
         "handshake-timeout-ms": { type: "string" },
@@ -157,7 +157,7 @@ export async function runFirecracker(args: string[]): Promise<number> {
     options.handshakeTimeoutMs = ms("handshake-timeout-ms");
     options.killOnError = values["kill-on-error"] ?? false;
     options.record = values.record !== undefined;
-    if (values["mem-file"]) options.populate = !values["no-populate"];
+    options.populate = values.populate ?? false;
     if (values.prefetch !== undefined) options.prefetch = loadWorkingSet(values.prefetch);
     if (values["mem-url"]) {
       const cacheMib = ms("cache-mib");

@@ -142,7 +142,7 @@ export interface FaultServerOptions {
   /**
    * Read a `file` or `snapshot` source's files into memory ahead of the faults, from the start
    * on: the main thread asks the kernel to populate this process's mappings of them
-   * (`MADV_POPULATE_READ`, 4 MiB at a time, ~40 ms per event-loop turn) while the
+   * (`MADV_POPULATE_READ`, 2 MiB at a time, at most ~5 ms per event-loop turn) while the
    * serving thread serves. A cold page cache is then read sequentially, in large requests,
    * instead of one page per fault at random; a warm one saves each fault's COPY a page-table
    * miss on the source. Firecracker's example handler does the same with `MAP_POPULATE`. Costs
@@ -597,15 +597,15 @@ export class FaultServer {
     return this.#toPopulate.reduce((n, [, len]) => n + len, 0);
   }
 
-  /** The `populate` loop: 4 MiB per madvise, ~40 ms per turn of the event loop, until done or closed. */
+  /** The `populate` loop: 2 MiB per madvise, ~5 ms per turn of the event loop, until done or closed. */
   #populate(): void {
-    const STEP = 4 << 20;
+    const STEP = 2 << 20;
     const ranges = this.#toPopulate;
     let i = 0;
     let off = 0;
     const turn = (): void => {
       const t0 = performance.now();
-      while (!this.#closed && i < ranges.length && performance.now() - t0 < 40) {
+      while (!this.#closed && i < ranges.length && performance.now() - t0 < 5) {
         const [a, len] = ranges[i];
         const n = Math.min(STEP, len - off);
         // An error (EFAULT past a file truncated meanwhile, ENOMEM) only ends the read-ahead
