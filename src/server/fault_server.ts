@@ -830,6 +830,12 @@ export class FaultServer {
 
   /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */
   get exited(): Promise<void> {
+    if (NODE) {
+      // The threads are unref'd, and a terminate() in flight holds no handle: without one, Node
+      // could find the event loop empty while this promise is awaited and end the process.
+      const keep = setInterval(() => {}, 1 << 30);
+      void this.#exited.then(() => clearInterval(keep));
+    }
     return this.#exited;
   }
 
