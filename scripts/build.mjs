@@ -4,11 +4,14 @@
 // npm (no type check here: `deno check` does that; this only strips types and downlevels `using`).
 //
 //   node scripts/build.mjs          dist/: the library (mod, cli, cli/, src/, ffi/) with declarations,
-//                                   what package.json's "node" export condition points at (emptied first)
+//                                   what package.json's "node" and "deno" export conditions point at,
+//                                   and the examples (dist/examples/, run with `node dist/examples/demo.js`;
+//                                   left out of the npm package by package.json's "files"); emptied first
 //   node scripts/build.mjs --tests  .node/: the whole tree (library, tests, examples, bench) for running
 //                                   the test suite, the examples and benchmarks under Node (npm run test:node);
 //                                   updated in place, only the files that changed, each atomically
-//   --out DIR                       build into DIR instead
+//   --out DIR                       build into DIR instead (a library build outside the checkout gets a
+//                                   package.json of ES modules and node_modules linked, to run as dist/ does)
 //
 // Relative `.ts` imports become `.js` (rewriteRelativeImportExtensions). Two things the compiler
 // leaves alone are rewritten in the emitted JavaScript:
@@ -48,8 +51,15 @@ function tsFiles(dir) {
   return out;
 }
 
-const roots = ["mod.ts", "cli.ts", ...tsFiles("cli"), ...tsFiles("src"), ...tsFiles("ffi")];
-if (tests) roots.push(...tsFiles("tests"), ...tsFiles("examples"), ...tsFiles("bench"));
+const roots = [
+  "mod.ts",
+  "cli.ts",
+  ...tsFiles("cli"),
+  ...tsFiles("src"),
+  ...tsFiles("ffi"),
+  ...tsFiles("examples"),
+];
+if (tests) roots.push(...tsFiles("tests"), ...tsFiles("bench"));
 
 /** @type {import("typescript").CompilerOptions} */
 const options = {
@@ -138,6 +148,10 @@ if (!tests) {
     }
   };
   walk(outDir);
+  // the examples are programs: nothing imports their declarations
+  for (const f of readdirSync(join(outDir, "examples"))) {
+    if (f.endsWith(".d.ts")) rmSync(join(outDir, "examples", f));
+  }
 }
 
 /** Deletes the .js files under `dir` that no source produced (a source deleted or moved since). */
@@ -170,6 +184,10 @@ if (tests) {
     join(outDir, "package.json"),
     JSON.stringify({ type: "module", private: true, exports }) + "\n",
   );
+}
+if (!tests && relative(ROOT, outDir).startsWith("..")) {
+  link(join(ROOT, "node_modules"), join(outDir, "node_modules")); // koffi
+  writeFileSync(join(outDir, "package.json"), JSON.stringify({ type: "module", private: true }) + "\n");
 }
 if (!existsSync(join(outDir, "mod.js"))) throw new Error(`no ${outDir}/mod.js after the build`);
 console.log(`built ${files} modules into ${relative(ROOT, outDir)}/`);

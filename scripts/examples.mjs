@@ -3,22 +3,26 @@
 // Runs every self-contained example in turn under one runtime and prints a line per example:
 // its result (the example's last line of output), or why it failed. Exits 1 if any failed.
 //
-//   npm run examples      under Node.js (the compiled .node/ tree; built first)
+//   npm run examples      under Node.js: dist/examples/*.js, built first (`npm run build`)
 //   bun run examples      under Bun
 //   deno task examples    under Deno
 //   node scripts/examples.mjs --runtime deno|bun|node
+//   node scripts/examples.mjs --tree DIR    under Node.js, DIR/examples/*.js of a tree built before
+//                                           (`node scripts/build.mjs --out DIR`; no build here)
 //
 // The runtime is the one running this script, or Bun when `bun run` started it (Bun runs a
 // package.json script's `node` with the real Node when one is installed: its user agent says bun).
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import process from "node:process";
 import { fileURLToPath } from "node:url";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const flag = process.argv.indexOf("--runtime");
+const treeFlag = process.argv.indexOf("--tree");
+const tree = treeFlag > 0 ? resolve(process.argv[treeFlag + 1]) : join(ROOT, "dist");
 const runtime = flag > 0
   ? process.argv[flag + 1]
   : process.versions.bun || /^bun\//.test(process.env.npm_config_user_agent ?? "")
@@ -60,10 +64,8 @@ const examples = [
   ["wasm_snapshot.ts", []],
 ].filter(([f]) => existsSync(join(ROOT, "examples", f)));
 
-if (runtime === "node") {
-  const r = spawnSync(process.execPath, [join(ROOT, "scripts", "build.mjs"), "--tests"], {
-    stdio: "inherit",
-  });
+if (runtime === "node" && treeFlag < 0) {
+  const r = spawnSync(binary("node"), [join(ROOT, "scripts", "build.mjs")], { stdio: "inherit" });
   if (r.status !== 0) process.exit(1);
 }
 
@@ -77,7 +79,7 @@ function command(file, args) {
     case "bun":
       return [binary("bun"), "run", join(ROOT, "examples", file), ...args];
     default:
-      return [binary("node"), join(ROOT, ".node", "examples", file.replace(/\.ts$/, ".js")), ...args];
+      return [binary("node"), join(tree, "examples", file.replace(/\.ts$/, ".js")), ...args];
   }
 }
 
