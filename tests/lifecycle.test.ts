@@ -19,6 +19,7 @@ import { runChild } from "./helpers/child.ts";
 import { nextEvent, sleep, until, untilPending, waiters } from "./helpers/uffd_wait.ts";
 import { cleanupSenders, compiler, NO_CC, startSender } from "./helpers/sender.ts";
 import { LifecycleWorker, settle } from "./helpers/lifecycle_calls.ts";
+import { peekByte } from "./helpers/peek.ts";
 
 const T = { timeout: 20000 };
 const PROT_RW = 3;
@@ -306,13 +307,13 @@ describe("UFFDIO_MOVE on non-anonymous memory", () => {
         "kernel",
       );
       assert.deepEqual([outOf.result, outOf.done], [-22, 0]);
-      assert.equal(shmSrc.bytes()[0], 7, "the shmem source keeps its page");
+      assert.equal(peekByte(shmSrc.start), 7, "the shmem source keeps its page");
       // the same move between anonymous ranges works: the memory type is what was refused
       assert.equal(uffd.move({ start: anonDst.start, src: anon.start, len: pageSize }), pageSize);
-      assert.equal(anonDst.bytes()[pageSize - 1], 5);
+      assert.equal(peekByte(anonDst.start + pageSize - 1), 5);
       // and the shmem destination never got a page
       uffd.unregister(shm);
-      assert.equal(shm.bytes()[0], 0);
+      assert.equal(peekByte(shm.start), 0);
     },
   );
 });

@@ -24,6 +24,7 @@ import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { Peeker } from "./helpers/peek.ts";
 
 const T = { timeout: 90000 };
 const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
@@ -92,7 +93,8 @@ describe("FaultServer", () => {
     const data = pattern(n, pageSize, 3);
     const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: 16 });
     try {
-      const mem = server.bytes();
+      using pk = new Peeker();
+      const mem = pk.view(server.address, server.length);
       const src = new Uint8Array(data);
       assert.equal(mem[(n - 1) * pageSize + 5], src[(n - 1) * pageSize + 5]);
       await waitFor(() => server.stats.pages === 8);
@@ -118,7 +120,8 @@ describe("FaultServer", () => {
       mapping.bytes().fill(0x77, 5 * pageSize, 6 * pageSize); // present before the range is registered
       const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 16 });
       try {
-        const mem = mapping.bytes();
+        using pk = new Peeker();
+        const mem = pk.view(mapping.start, mapping.length);
         // Page 8 first: its window [0, 16) stops at page 5 (a partial copy before the faulting page).
         for (const p of [8, ...Array.from({ length: n }, (_, i) => i)]) {
           const want = p === 5 ? 0x77 : src[p * pageSize + 1];
@@ -145,11 +148,19 @@ describe("FaultServer", () => {
       using mapping = Mapping.anonymous(n * pageSize);
       mapping.bytes().fill(0x66, 5 * pageSize, 6 * pageSize); // present, but the server never learns of it
       const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 16 });
-      assert.equal(mapping.bytes()[1], new Uint8Array(data)[1]); // window [0, 16) stops at page 5
-      server.close();
+      using pk = new Peeker();
+      try {
+        assert.equal(pk.byte(mapping.start + 1), new Uint8Array(data)[1]); // window [0, 16) stops at page 5
+      } finally {
+        server.close();
+      }
       assert.equal(server.stats.pages, 5);
       assert.equal(server.stats.poisoned, 10, "pages 6-15 poisoned, page 5 kept");
-      assert.equal(mapping.bytes()[5 * pageSize + 7], 0x66, "the present page still reads its own bytes");
+      assert.equal(
+        pk.byte(mapping.start + 5 * pageSize + 7),
+        0x66,
+        "the present page still reads its own bytes",
+      );
     },
   );
 
@@ -158,7 +169,8 @@ describe("FaultServer", () => {
     const data = pattern(n, pageSize, 5);
     const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: "adaptive" });
     try {
-      const mem = server.bytes();
+      using pk = new Peeker();
+      const mem = pk.view(server.address, server.length);
       const src = new Uint8Array(data);
       for (let p = 0; p < n; p++) assert.equal(mem[p * pageSize + 9], src[p * pageSize + 9]);
     } finally {
@@ -196,7 +208,8 @@ describe("FaultServer", () => {
   it("serves zero pages with UFFDIO_ZEROPAGE", T, async () => {
     const server = await FaultServer.start({ source: { kind: "zero", length: 32 * pageSize }, readahead: 8 });
     try {
-      const mem = server.bytes();
+      using pk = new Peeker();
+      const mem = pk.view(server.address, server.length);
       let sum = 0;
       for (let i = 0; i < mem.length; i += 512) sum += mem[i];
       assert.equal(sum, 0);
@@ -218,7 +231,8 @@ describe("FaultServer", () => {
         readahead: 4,
       });
       try {
-        const mem = server.bytes();
+        using pk = new Peeker();
+        const mem = pk.view(server.address, server.length);
         assert.equal(mem.length, 11 * pageSize);
         assert.deepEqual(mem.slice(0, bytes.length), bytes);
         assert.equal(mem[bytes.length], 0, "the tail past the file's end reads zero, as mmap defines");
@@ -239,7 +253,8 @@ describe("FaultServer", () => {
         new Uint8Array(data).fill(0x5a);
         const server = await FaultServer.start({ source: { kind: "bytes", data }, onRemove, readahead: 8 });
         try {
-          const mem = server.bytes();
+          using pk = new Peeker();
+          const mem = pk.view(server.address, server.length);
           assert.equal(mem[3 * pageSize], 0x5a);
           server.mapping.dontneed(2 * pageSize, 2 * pageSize);
           await waitFor(() => server.stats.removed === 2);
@@ -264,8 +279,9 @@ describe("FaultServer", () => {
       const mapping = Mapping.anonymous(n * pageSize);
       const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping });
       let moved: Mapping | undefined;
+      using pk = new Peeker();
       try {
-        assert.equal(mapping.bytes()[1 * pageSize + 3], src[1 * pageSize + 3]);
+        assert.equal(pk.byte(mapping.start + 1 * pageSize + 3), src[1 * pageSize + 3]);
         const hole = Mapping.anonymous(n * pageSize);
         const to = hole.start;
         hole.close(); // free the address, then move the served region there
@@ -273,7 +289,7 @@ describe("FaultServer", () => {
         assert.equal(moved.start, to);
         await waitFor(() => server.address === to);
         assert.equal(server.address, to, "the server saw the REMAP event");
-        const view = moved.bytes();
+        const view = pk.view(moved.start, moved.length);
         assert.equal(view[1 * pageSize + 3], src[1 * pageSize + 3], "a placed page moved with the region");
         assert.equal(
           view[5 * pageSize + 9],
@@ -296,7 +312,8 @@ describe("FaultServer", () => {
       readahead: 4,
     });
     try {
-      const mem = server.bytes();
+      using pk = new Peeker();
+      const mem = pk.view(server.address, server.length);
       for (let p = 0; p < 64; p++) assert.equal(mem[p * pageSize + 17], p & 255);
     } finally {
       server.close();
@@ -314,7 +331,8 @@ describe("FaultServer", () => {
         onError: { retries: 2, then: "zero" },
       });
       try {
-        const mem = server.bytes();
+        using pk = new Peeker();
+        const mem = pk.view(server.address, server.length);
         assert.equal(mem[0], 1);
         assert.equal(mem[3 * pageSize], 0, "the failed page was zero-filled as asked");
         assert.equal(mem[4 * pageSize], 5);
@@ -516,7 +534,8 @@ describe("FaultServer", () => {
       source: { kind: "zero", length: 4 * pageSize },
       signal: ac.signal,
     });
-    assert.equal(server.bytes()[0], 0);
+    using pk = new Peeker();
+    assert.equal(pk.byte(server.address), 0);
     ac.abort();
     assert.equal(server.state, "stopped");
     assert.equal(server.uffd.closed, true);
@@ -645,7 +664,8 @@ describe("FaultServer", () => {
         using mapping = Mapping.hugetlb(3 * hps);
         const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 2 });
         try {
-          const mem = server.bytes();
+          using pk = new Peeker();
+          const mem = pk.view(server.address, server.length);
           let bad = 0;
           for (let i = 0; i < 3 * hps; i += 4096) if (mem[i] !== (i < data.length ? data[i] : 0)) bad++;
           assert.equal(bad, 0, "every 4 KiB of the three huge pages as in the source, zeros past its end");
@@ -667,7 +687,8 @@ describe("FaultServer", () => {
         using mapping = Mapping.hugetlb(2 * hps);
         const server = await FaultServer.start({ source: { kind: "zero", length: 2 * hps }, mapping });
         try {
-          const mem = server.bytes();
+          using pk = new Peeker();
+          const mem = pk.view(server.address, server.length);
           assert.equal(mem[0] + mem[hps + 123], 0);
           mem[7] = 9; // writable, private
           assert.equal(mem[7], 9);
@@ -683,7 +704,8 @@ describe("FaultServer", () => {
         shm.bytes().fill(0x3c, 0, hps).fill(0x4d, hps);
         const server = await FaultServer.start({ source: { kind: "memfd", mapping: shm } });
         try {
-          const mem = server.bytes();
+          using pk = new Peeker();
+          const mem = pk.view(server.address, server.length);
           assert.deepEqual([mem[0], mem[hps - 1], mem[hps], mem[2 * hps - 1]], [0x3c, 0x3c, 0x4d, 0x4d]);
         } finally {
           server.close();
@@ -724,7 +746,8 @@ describe("FaultServer", () => {
       // A plain ArrayBuffer source (copied once into aligned shared memory) serves its bytes.
       const plain = new Uint8Array(new ArrayBuffer(4 * pageSize)).map((_, i) => (i * 7) & 255);
       await using server = await FaultServer.start({ source: { kind: "bytes", data: plain.buffer } });
-      assert.deepEqual(server.bytes(), plain);
+      using pk = new Peeker();
+      assert.deepEqual(pk.peek(server.address, server.length), plain);
     },
   );
 

@@ -1,6 +1,7 @@
 // Runs page-verifying faulter Workers against a served region.
 import assert from "node:assert/strict";
 import type { FaultServer } from "../../mod.ts";
+import { sealStuck } from "./peek.ts";
 
 /** One faulter's job. */
 export interface FaultJob {
@@ -33,7 +34,10 @@ export async function runFaulters(
       })
     );
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`faulters did not finish in ${timeoutMs} ms`)), timeoutMs);
+      timer = setTimeout(() => {
+        sealStuck(addr, len); // the cleanup that follows must not unmap it under a stuck faulter
+        reject(new Error(`faulters did not finish in ${timeoutMs} ms`));
+      }, timeoutMs);
     });
     return await Promise.race([Promise.all(results), timeout]);
   } finally {

@@ -1,4 +1,5 @@
 // A Worker that reads or writes registered memory so the test thread can serve faults.
+import { sealStuck } from "./peek.ts";
 
 /** Result of one touch: the first byte and a sum of one byte per 4 KiB page. */
 export interface TouchResult {
@@ -10,6 +11,7 @@ export interface TouchResult {
 export class Toucher {
   #worker: Worker;
   #pending: ((r: TouchResult) => void)[] = [];
+  #ranges: [number, number][] = [];
 
   constructor() {
     this.#worker = new Worker(new URL("./toucher_worker.ts", import.meta.url), { type: "module" });
@@ -18,7 +20,11 @@ export class Toucher {
 
   #send(op: "read" | "write", addr: number, len: number, value: number): Promise<TouchResult> {
     return new Promise((resolve) => {
-      this.#pending.push(resolve);
+      this.#ranges.push([addr, len]);
+      this.#pending.push((r) => {
+        this.#ranges.shift();
+        resolve(r);
+      });
       this.#worker.postMessage({ op, addr, len, value });
     });
   }
@@ -33,8 +39,12 @@ export class Toucher {
     return this.#send("write", addr, len, value);
   }
 
-  /** Terminates the Worker. Only call once no fault of it is outstanding. */
+  /**
+   * Terminates the Worker. A touch still outstanding (its fault was never resolved: the test failed)
+   * gets its pages sealed first, so the test's cleanup cannot unmap them under the Worker.
+   */
   close(): void {
+    for (const [addr, len] of this.#ranges) sealStuck(addr, len);
     this.#worker.terminate();
   }
 }
