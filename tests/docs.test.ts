@@ -100,11 +100,15 @@ const exportsMap: Record<string, ExportTarget> = JSON.parse(read("package.json")
 /** The file of an export for this runtime: its condition ("deno", "bun", "node"), else "default". */
 const exportFile = (t: ExportTarget | undefined): string | undefined =>
   t === undefined || typeof t === "string" ? t : exportFile(t[libc.runtime] ?? t.default);
+const denoExports = (JSON.parse(read("deno.json")) as { exports: Record<string, string> }).exports;
 function rewriteImports(code: string): string {
   return code.replace(
     /(["'])@uffd\/userfaultfd(\/[\w./-]+)?\1/g,
     (whole, _q: string, sub: string | undefined) => {
-      const target = exportFile(exportsMap[sub ? `.${sub}` : "."]);
+      // Deno in a checkout uses deno.json's exports (the TypeScript); package.json's "deno"
+      // condition names the compiled dist/ that an npm install of the package runs.
+      const key = sub ? `.${sub}` : ".";
+      const target = libc.runtime === "deno" ? denoExports[key] : exportFile(exportsMap[key]);
       return target ? JSON.stringify(new URL(target, ROOT).href) : whole;
     },
   );
