@@ -100,7 +100,9 @@ const exportsMap: Record<string, ExportTarget> = JSON.parse(read("package.json")
 /** The file of an export for this runtime: its condition ("deno", "bun", "node"), else "default". */
 const exportFile = (t: ExportTarget | undefined): string | undefined =>
   t === undefined || typeof t === "string" ? t : exportFile(t[libc.runtime] ?? t.default);
-const denoExports = (JSON.parse(read("deno.json")) as { exports: Record<string, string> }).exports;
+const denoExports: Record<string, string> = libc.runtime === "deno"
+  ? (JSON.parse(read("deno.json")) as { exports: Record<string, string> }).exports
+  : {};
 function rewriteImports(code: string): string {
   return code.replace(
     /(["'])@uffd\/userfaultfd(\/[\w./-]+)?\1/g,
