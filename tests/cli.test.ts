@@ -4,9 +4,7 @@
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import process from "node:process";
-import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   FEATURE_NAMES,
@@ -20,7 +18,7 @@ import { Userfaultfd } from "../mod.ts";
 import { readTextFile } from "../src/memory.ts";
 import { libc } from "../ffi/mod.ts";
 import { runChild } from "./helpers/child.ts";
-import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
+import { nobodySkipReason, worldReadableTree } from "./helpers/world_readable.ts";
 
 const CLI = fileURLToPath(new URL("../cli.ts", import.meta.url));
 const T = { timeout: 30000 };
@@ -267,33 +265,17 @@ describe("uffd CLI as a child process", () => {
   // The real failure paths: as nobody, with vm.unprivileged_userfaultfd = 0 and a
   // root-only /dev/userfaultfd, only the user-mode-only syscall works.
   const here = featuresReport();
-  const unprivSkip = here.process.uid !== 0
-    ? "needs root (to drop to nobody)"
-    : !existsSync("/usr/bin/setpriv")
-    ? "needs setpriv"
-    : !worldSearchableTmp()
-    ? "needs a temporary directory every user can reach (for a copy of the module tree)"
-    : here.unprivilegedUserfaultfd !== 0
-    ? "needs vm.unprivileged_userfaultfd = 0"
-    : !here.device.exists || here.device.permissions !== "600" || here.device.uid !== 0
-    ? "needs a root-only /dev/userfaultfd"
-    : false;
+  const unprivSkip = nobodySkipReason() ||
+    (here.unprivilegedUserfaultfd !== 0
+      ? "needs vm.unprivileged_userfaultfd = 0"
+      : !here.device.exists || here.device.permissions !== "600" || here.device.uid !== 0
+      ? "needs a root-only /dev/userfaultfd"
+      : false);
   it("explains the failures of an unprivileged user (real, via setpriv)", { ...T, skip: unprivSkip }, () => {
     // uid 65534 can read nothing of a checkout in root's 0700 home or under a `mktemp -d`
     // folder, nor run a runtime installed there: it runs a world-readable copy of the tree.
     using tree = worldReadableTree();
-    const [cmd, ...argv] = tree.command("cli.ts", ["features", "--json"]);
-    const r = spawnSync(
-      "/usr/bin/setpriv",
-      ["--reuid=65534", "--regid=65534", "--clear-groups", cmd, ...argv],
-      {
-        encoding: "utf8",
-        cwd: tree.dir,
-        timeout: 25000,
-        killSignal: "SIGKILL",
-        env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
-      },
-    );
+    const r = tree.runAsNobody("cli.ts", ["features", "--json"]);
     assert.equal(r.status, 0, r.stderr);
     const report = JSON.parse(r.stdout) as FeaturesReport;
     assert.equal(report.process.uid, 65534);

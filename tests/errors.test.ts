@@ -21,9 +21,7 @@
 //   ioctl; the same check (no registered VMA at dst) is produced deterministically below.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
-import { existsSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
 import {
@@ -52,7 +50,7 @@ import {
 import { runChild } from "./helpers/child.ts";
 import { within } from "./helpers/toucher.ts";
 import { LibcWorker } from "./children/ops_libc.ts";
-import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
+import { nobodySkipReason, worldReadableTree } from "./helpers/world_readable.ts";
 
 const E = {
   EPERM: 1,
@@ -637,13 +635,7 @@ describe("hints depend on the operation", () => {
     });
   });
 
-  const asNobody = libc.syscall(102 /* getuid */) !== 0
-    ? "needs root (to drop to uid 65534)"
-    : !existsSync("/usr/bin/setpriv")
-    ? "needs setpriv"
-    : !worldSearchableTmp()
-    ? "needs a temporary directory every user can reach"
-    : false;
+  const asNobody = nobodySkipReason();
   it("Mapping.file(): an unreadable file names the path with open(2)'s EACCES hint (uid 65534)", {
     skip: asNobody,
     timeout: 30000,
@@ -651,20 +643,7 @@ describe("hints depend on the operation", () => {
     using tree = worldReadableTree(["tests/children/file_open_child.ts"]);
     const secret = tree.path("secret.img");
     writeFileSync(secret, new Uint8Array(pageSize), { mode: 0o600 });
-    const [cmd, ...argv] = tree.command("tests/children/file_open_child.ts", [secret]);
-    const r = spawnSync("/usr/bin/setpriv", [
-      "--reuid=65534",
-      "--regid=65534",
-      "--clear-groups",
-      cmd,
-      ...argv,
-    ], {
-      encoding: "utf8",
-      cwd: tree.dir,
-      timeout: 25000,
-      killSignal: "SIGKILL",
-      env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
-    });
+    const r = tree.runAsNobody("tests/children/file_open_child.ts", [secret]);
     assert.equal(r.status, 0, r.stderr);
     const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
     assert.equal(out.ok, false, r.stdout);

@@ -11,7 +11,6 @@ import {
   UffdError,
   Userfaultfd,
 } from "../mod.ts";
-import { readTextFile } from "../src/memory.ts";
 import { featuresReport } from "../cli/features.ts";
 import { libc } from "../ffi/mod.ts";
 import { cleanupSenders, compiler, NO_CC, startSender } from "./helpers/sender.ts";
@@ -19,9 +18,8 @@ import { until } from "./helpers/uffd_wait.ts";
 import { within } from "./helpers/toucher.ts";
 import { faultAll, pattern, runFaulters } from "./helpers/faulters.ts";
 import { runChild } from "./helpers/child.ts";
-import { worldReadableTree, worldSearchableTmp } from "./helpers/world_readable.ts";
-import { spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { nobodySkipReason, worldReadableTree } from "./helpers/world_readable.ts";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Peeker } from "./helpers/peek.ts";
@@ -831,20 +829,15 @@ describe("FaultServer: served memory handed to a syscall (kernel-mode faults)", 
     }
   });
 
-  const asNobody = libc.syscall(102 /* getuid */) !== 0
-    ? "needs root (to drop to uid 65534)"
-    : !existsSync("/usr/bin/setpriv")
-    ? "needs setpriv"
-    : !worldSearchableTmp()
-    ? "needs a temporary directory every user can reach"
-    : readTextFile("/proc/sys/vm/unprivileged_userfaultfd")?.trim() !== "0"
-    ? "needs vm.unprivileged_userfaultfd = 0"
-    : (() => {
-        const d = featuresReport().device;
-        return d.exists && (Number.parseInt(d.permissions ?? "0", 8) & 0o006) !== 0;
-      })()
-    ? "needs a /dev/userfaultfd that uid 65534 cannot open"
-    : false;
+  // As in cli.test.ts: with vm.unprivileged_userfaultfd = 0 and a root-only /dev/userfaultfd,
+  // uid 65534 may open only a user-mode-only descriptor.
+  const here = featuresReport();
+  const asNobody = nobodySkipReason() ||
+    (here.unprivilegedUserfaultfd !== 0
+      ? "needs vm.unprivileged_userfaultfd = 0"
+      : !here.device.exists || here.device.permissions !== "600" || here.device.uid !== 0
+      ? "needs a root-only /dev/userfaultfd"
+      : false);
   it(
     "an unprivileged process gets a user-mode-only server (kernelFaults false, EFAULT); userModeOnly: false is EPERM",
     {
@@ -853,25 +846,13 @@ describe("FaultServer: served memory handed to a syscall (kernel-mode faults)", 
     },
     () => {
       using tree = worldReadableTree(["tests/children/server_kernel_write.ts"]);
-      const run = (mode: string) => {
-        const [cmd, ...argv] = tree.command("tests/children/server_kernel_write.ts", [
-          join(tree.home, `out-${mode}.bin`),
-          mode,
-        ]);
-        return parse(spawnSync("/usr/bin/setpriv", [
-          "--reuid=65534",
-          "--regid=65534",
-          "--clear-groups",
-          cmd,
-          ...argv,
-        ], {
-          encoding: "utf8",
-          cwd: tree.dir,
-          timeout: 25000,
-          killSignal: "SIGKILL",
-          env: { PATH: "/usr/bin:/bin", HOME: tree.home, DENO_DIR: join(tree.home, "deno") },
-        }));
-      };
+      const run = (mode: string) =>
+        parse(
+          tree.runAsNobody("tests/children/server_kernel_write.ts", [
+            join(tree.home, `out-${mode}.bin`),
+            mode,
+          ]),
+        );
       const dflt = run("default");
       assert.equal(dflt.started, true, JSON.stringify(dflt));
       assert.equal(dflt.kernelFaults, false);

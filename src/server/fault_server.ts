@@ -610,10 +610,10 @@ export class FaultServer {
         const n = Math.min(STEP, len - off);
         // An error (EFAULT past a file truncated meanwhile, ENOMEM) only ends the read-ahead
         // of this range: the fault path reads every page it places anyway, and reports its errors.
-        if (libc.madvise(a + off, n, mm.MADV_POPULATE_READ) === 0) this.#populated += n;
-        else off = len - n;
+        const ok = libc.madvise(a + off, n, mm.MADV_POPULATE_READ) === 0;
+        if (ok) this.#populated += n;
         off += n;
-        if (off >= len) {
+        if (!ok || off >= len) {
           i++;
           off = 0;
         }
@@ -762,6 +762,12 @@ export class FaultServer {
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
     for (const w of this.#threads) endThread(w);
+    if (NODE) {
+      // The threads are unref'd, and a terminate() in flight holds no handle: without one, Node
+      // could find the event loop empty while `exited` is awaited and end the process.
+      const keep = setInterval(() => {}, 1 << 30);
+      void this.#exited.then(() => clearInterval(keep));
+    }
     // A remote descriptor opened without POISON cannot: the other process then reads never-placed
     // pages as zeros once the descriptor is closed (keep the server running while it runs).
     if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
@@ -830,12 +836,6 @@ export class FaultServer {
 
   /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */
   get exited(): Promise<void> {
-    if (NODE) {
-      // The threads are unref'd, and a terminate() in flight holds no handle: without one, Node
-      // could find the event loop empty while this promise is awaited and end the process.
-      const keep = setInterval(() => {}, 1 << 30);
-      void this.#exited.then(() => clearInterval(keep));
-    }
     return this.#exited;
   }
 

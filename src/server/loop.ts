@@ -27,6 +27,11 @@ export type FillFunction = (
   dest: Uint8Array,
 ) => void | Uint8Array | Promise<void | Uint8Array>;
 
+/** The runtime's `process.memoryUsage` (this thread's own JS heap in a Worker), or undefined. */
+export function heapUsedOf(): (() => { heapUsed: number }) | undefined {
+  return (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process?.memoryUsage;
+}
+
 /**
  * Serves faults until the stop descriptor fires. Resolves when stopped. `guarded`: a
  * standby watches this thread (a thread taking over without one gives a page whose
@@ -891,7 +896,7 @@ export async function serve(
   }
 
   // JS heap of this Worker, sampled every 65536 faults: the hot path must not grow it.
-  const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process?.memoryUsage;
+  const mem = heapUsedOf();
   stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
   if (stats[STAT.heapStart] === 0) stats[STAT.heapStart] = stats[STAT.heapNow]; // else sampled before ready
 

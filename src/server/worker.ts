@@ -17,7 +17,7 @@
  * @module
  */
 import { type MessagePort, parentPort, workerData } from "node:worker_threads";
-import { type FillFunction, serve } from "./loop.ts";
+import { type FillFunction, heapUsedOf, serve } from "./loop.ts";
 import { fetchLoop } from "./fetcher.ts";
 import { CTRL, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
 import { libc } from "../../ffi/mod.ts";
@@ -153,8 +153,7 @@ try {
     Atomics.notify(ctrl, CTRL.tid);
     const fill = await loadSource();
     // The heap counters hold this thread's heap from the moment the server is ready.
-    const mem = (globalThis as { process?: { memoryUsage?: () => { heapUsed: number } } }).process
-      ?.memoryUsage;
+    const mem = heapUsedOf();
     const stats = new Float64Array(init.stats);
     stats[STAT.heapStart] = stats[STAT.heapNow] = mem ? mem().heapUsed : 0;
     post({ type: "ready" });

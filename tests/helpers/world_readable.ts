@@ -14,6 +14,7 @@ import {
   rmSync,
   statSync,
 } from "node:fs";
+import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { tmpdir } from "node:os";
 import { basename, dirname, join, resolve } from "node:path";
 import process from "node:process";
@@ -51,6 +52,20 @@ function openUp(dir: string): void {
   }
 }
 
+/**
+ * Why a test cannot run a child as uid 65534 here (not root, no setpriv, no temporary folder every
+ * user can reach), or false.
+ */
+export function nobodySkipReason(): string | false {
+  return libc.syscall(102 /* getuid */) !== 0
+    ? "needs root (to drop to uid 65534)"
+    : !existsSync("/usr/bin/setpriv")
+    ? "needs setpriv"
+    : !worldSearchableTmp()
+    ? "needs a temporary directory every user can reach (for a copy of the module tree)"
+    : false;
+}
+
 /** A world-readable copy of the module tree; dispose it to delete it. */
 export interface PortableTree {
   /** The folder (mode 0755, in a world-searchable temporary directory). */
@@ -63,6 +78,11 @@ export interface PortableTree {
   path(rel: string): string;
   /** `[runtime, ...args]` running the copy of `script` the way {@link libc.scriptCommand} runs it. */
   command(script: string, args?: string[]): string[];
+  /**
+   * Runs the copy of `script` as uid/gid 65534 with no groups (setpriv), in the folder, with a
+   * minimal environment and a 25 s deadline (SIGKILL).
+   */
+  runAsNobody(script: string, args?: string[]): SpawnSyncReturns<string>;
   /** Deletes the folder. */
   [Symbol.dispose](): void;
 }
@@ -102,15 +122,29 @@ export function worldReadableTree(extra: readonly string[] = []): PortableTree {
     const home = join(dir, "home");
     mkdirSync(home);
     chmodSync(home, 0o777);
+    const command = (script: string, args: string[] = []): string[] => {
+      const [, ...rest] = libc.scriptCommand(join(dir, script), args);
+      return [runtime, ...rest];
+    };
     return {
       dir,
       runtime,
       home,
       path: (rel) => join(dir, rel),
-      command: (script, args = []) => {
-        const [, ...rest] = libc.scriptCommand(join(dir, script), args);
-        return [runtime, ...rest];
-      },
+      command,
+      runAsNobody: (script, args = []) =>
+        spawnSync("/usr/bin/setpriv", [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          ...command(script, args),
+        ], {
+          encoding: "utf8",
+          cwd: dir,
+          timeout: 25000,
+          killSignal: "SIGKILL",
+          env: { PATH: "/usr/bin:/bin", HOME: home, DENO_DIR: join(home, "deno") },
+        }),
       [Symbol.dispose]: () => rmSync(dir, { recursive: true, force: true }),
     };
   } catch (e) {
