@@ -205,6 +205,11 @@ export async function runFirecracker(args: string[]): Promise<number> {
         `${session.regions[0].pageSize}-byte pages` +
         (options.prefetch ? `, prefetching ${options.prefetch.runs.length} run(s)` : ""),
     );
+    session.prefetched.then((p) => {
+      if (p) {
+        console.error(`uffd firecracker: prefetch installed: ${p.pages} page(s) in ${p.ms.toFixed(1)} ms`);
+      }
+    });
     const summary = await session.done;
     if (values.record !== undefined) {
       try {

@@ -350,6 +350,13 @@ export class FirecrackerSession {
   readonly vmmPid: number;
   /** Resolves with the summary when the VMM hangs up, the session is closed, or a fatal error ends it. */
   readonly done: Promise<FirecrackerSummary>;
+  /**
+   * Resolves once the `prefetch` working set is installed, with the pages the prefetcher placed
+   * and the milliseconds it took; with `undefined` when there is no working set, or the session
+   * ends first. (REAP resumes the guest after this point; Firecracker resumes it at once, so a
+   * caller that can hold the guest, as a test or an orchestrator that resumes it itself, waits here.)
+   */
+  readonly prefetched: Promise<{ pages: number; ms: number } | undefined>;
   readonly #conn: number;
   readonly #handshakeMs: number;
   readonly #started = performance.now();
@@ -371,10 +378,19 @@ export class FirecrackerSession {
     this.#conn = conn;
     this.#handshakeMs = handshakeMs;
     let killed = false;
+    let prefetchedResolve!: (v: { pages: number; ms: number } | undefined) => void;
+    this.prefetched = new Promise((resolve) => (prefetchedResolve = resolve));
+    let prefetchPending = options.prefetch !== undefined && workingSetPages(options.prefetch) > 0;
+    if (!prefetchPending) prefetchedResolve(undefined);
     this.done = new Promise<FirecrackerSummary>((resolve) => {
       this.#finish = (end, error) => {
         if (this.#summary) return;
         clearInterval(monitor);
+        if (prefetchPending) {
+          const s = this.server.stats;
+          prefetchedResolve(s.prefetchMs > 0 ? { pages: s.prefetched, ms: s.prefetchMs } : undefined);
+          prefetchPending = false;
+        }
         options.signal?.removeEventListener("abort", onAbort);
         if (end === "error" && options.killOnError && vmmPid > 0) {
           killed = libc.syscall(62, /* kill */ vmmPid, 9 /* SIGKILL */) === 0;
@@ -419,6 +435,10 @@ export class FirecrackerSession {
       const st = this.server.state;
       if (st === "failed") this.#finish("error", this.server.lastError ?? "the fault server failed");
       const s = this.server.stats;
+      if (prefetchPending && s.prefetchMs > 0) {
+        prefetchPending = false;
+        prefetchedResolve({ pages: s.prefetched, ms: s.prefetchMs });
+      }
       if (s.poisoned > 0 || s.zeroed > 0 || s.unserved > 0) {
         this.#finish("error", this.server.lastError ?? "a page could not be served");
       }
