@@ -657,7 +657,7 @@ export class FaultServer {
   /** Pages never placed (still served from the source on first touch). */
   get emptyPages(): number {
     let n = 0;
-    for (const p of this.#pages) if (p === PAGE.empty) n++;
+    for (const p of this.#pages) if (p === PAGE.empty || p === PAGE.failing) n++;
     return n;
   }
 
@@ -697,12 +697,14 @@ export class FaultServer {
       const first = this.#regions[i + 2];
       const n = first + this.#regions[i + 1] / ps;
       for (let p = first; p < n;) {
-        if (this.#pages[p] !== PAGE.empty) {
+        const unplaced = (k: number): boolean =>
+          this.#pages[k] === PAGE.empty || this.#pages[k] === PAGE.failing;
+        if (!unplaced(p)) {
           p++;
           continue;
         }
         let q = p + 1;
-        while (q < n && this.#pages[q] === PAGE.empty) q++;
+        while (q < n && unplaced(q)) q++;
         for (let a = p; a < q;) {
           try {
             const done = this.uffd.poison({ start: start + (a - first) * ps, len: (q - a) * ps }) / ps;
