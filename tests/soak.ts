@@ -123,7 +123,10 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakSummary> {
         // the round touched a page whose source always fails: it must die there, by SIGBUS
         if (r.signal !== "SIGBUS") {
           fail(`touched a poisoned page and ended with ${r.signal ?? `exit ${r.code}`}, not SIGBUS`);
-        } else if (r.lines.at(-1)?.startsWith("POISON-TOUCH") !== true || passErrors) {
+        } else if (
+          r.lines.filter((l) => !l.startsWith("stderr:")).at(-1)?.startsWith("POISON-TOUCH") !== true ||
+          passErrors
+        ) {
           fail("died by SIGBUS elsewhere");
         } else s.poisonVerified++;
         s.faults += passFaults;
