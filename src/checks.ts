@@ -9,7 +9,7 @@ import { invalid } from "./errors.ts";
 /** A short description of a value for an error message: its type, and the value when short. */
 export function describeValue(v: unknown): string {
   if (v === null) return "null";
-  if (Array.isArray(v)) return `an array (${JSON.stringify(v).slice(0, 60)})`;
+  if (Array.isArray(v)) return `an array (${showValue(v).slice(0, 60)})`;
   switch (typeof v) {
     case "string":
       return `the string ${JSON.stringify(v.length > 60 ? v.slice(0, 57) + "..." : v)}`;
@@ -28,6 +28,28 @@ export function describeValue(v: unknown): string {
       const name = (v as object).constructor?.name;
       return name && name !== "Object" ? `a ${name}` : "an object";
     }
+  }
+}
+
+/**
+ * A value as JSON for an error message, whatever it holds: bigints as `1n`, functions, symbols and
+ * cycles described instead of throwing (JSON.stringify throws on bigints and cycles).
+ */
+export function showValue(v: unknown): string {
+  try {
+    const seen = new Set<unknown>();
+    const s = JSON.stringify(v, (_k, x) => {
+      if (typeof x === "bigint") return `${x}n`;
+      if (typeof x === "function" || typeof x === "symbol") return describeValue(x);
+      if (typeof x === "object" && x !== null) {
+        if (seen.has(x)) return "(cycle)";
+        seen.add(x);
+      }
+      return x;
+    });
+    return s ?? describeValue(v);
+  } catch {
+    return describeValue(v);
   }
 }
 
@@ -84,6 +106,30 @@ export function checkInteger(op: string, name: string, v: unknown, min = 0): voi
 export function checkNumber(op: string, name: string, v: unknown): void {
   if (v !== undefined && (typeof v !== "number" || Number.isNaN(v))) {
     throw invalid(op, `${name} must be a number (got ${describeValue(v)})`);
+  }
+}
+
+/** The largest timeout poll(2) takes, in milliseconds (its `int timeout`). */
+export const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/**
+ * An optional timeout in milliseconds: a finite number from 0 to {@link MAX_TIMEOUT_MS} (a fraction
+ * is rounded up to whole milliseconds by the caller). Negative or infinite values are refused, not
+ * passed on to poll(2), where a negative timeout waits forever.
+ */
+export function checkTimeout(
+  op: string,
+  name: string,
+  v: unknown,
+  hint = "omit it to wait without a limit",
+): void {
+  if (v !== undefined && (typeof v !== "number" || !Number.isFinite(v) || v < 0 || v > MAX_TIMEOUT_MS)) {
+    throw invalid(
+      op,
+      `${name} must be a number of milliseconds from 0 to ${MAX_TIMEOUT_MS} (${hint}) (got ${
+        describeValue(v)
+      })`,
+    );
   }
 }
 

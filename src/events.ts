@@ -9,6 +9,11 @@ import {
   UFFD_PAGEFAULT_FLAG_WRITE,
 } from "./abi.ts";
 import { readMsgField, uffd_msg_arms, UFFD_MSG_SIZE } from "./structs.ts";
+import { describeValue } from "./checks.ts";
+import { invalid } from "./errors.ts";
+
+/** The most messages one {@link EventBuffer} holds (32 MiB of messages: more than any read returns). */
+const MAX_CAPACITY = 1 << 20;
 import type { Userfaultfd } from "./userfaultfd.ts";
 
 const TWO32 = 4294967296;
@@ -140,7 +145,17 @@ export class EventBuffer {
 
   /** A buffer for up to `capacity` messages (default 16). */
   constructor(capacity = 16) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError("capacity must be >= 1");
+    if (
+      typeof capacity !== "number" || !Number.isSafeInteger(capacity) || capacity < 1 ||
+      capacity > MAX_CAPACITY
+    ) {
+      throw invalid(
+        "EventBuffer",
+        `capacity must be a whole number of messages from 1 to ${MAX_CAPACITY} (got ${
+          describeValue(capacity)
+        })`,
+      );
+    }
     this.capacity = capacity;
     this.bytes = new Uint8Array(capacity * UFFD_MSG_SIZE);
     this.#words = new Uint32Array(this.bytes.buffer);
@@ -173,7 +188,9 @@ export class EventBuffer {
 
   /** Decodes message `i` (0 ≤ i < count). */
   event(i: number): UffdEvent {
-    if (i < 0 || i >= this.count) throw new RangeError(`event ${i} not in buffer of ${this.count}`);
+    if (!Number.isInteger(i) || i < 0 || i >= this.count) {
+      throw invalid("EventBuffer", `event ${describeValue(i)} is not in the buffer (it holds ${this.count})`);
+    }
     const ev = decodeEvent(this.bytes, i * UFFD_MSG_SIZE);
     const child = this.forks[i];
     return ev.type === "fork" && child ? { ...ev, uffd: child } : ev;

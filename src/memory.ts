@@ -5,7 +5,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { mm } from "./abi.ts";
-import { checkBoolean, checkInteger, checkOptions, describeValue } from "./checks.ts";
+import { checkBoolean, checkOptions, describeValue } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 
 const _SC_PAGESIZE = 30;
@@ -65,10 +65,10 @@ export function freeHugePages(): number {
  */
 export function alignedSharedBytes(length: number, alignment: number = pageSize): Uint8Array {
   if (!Number.isSafeInteger(length) || length <= 0) {
-    throw invalid("alignedSharedBytes", `length must be a positive integer (got ${length})`);
+    throw invalid("alignedSharedBytes", `length must be a positive integer (got ${describeValue(length)})`);
   }
   if (!Number.isSafeInteger(alignment) || alignment <= 0 || (alignment & (alignment - 1)) !== 0) {
-    throw invalid("alignedSharedBytes", `alignment must be a power of two (got ${alignment})`);
+    throw invalid("alignedSharedBytes", `alignment must be a power of two (got ${describeValue(alignment)})`);
   }
   const sab = new SharedArrayBuffer(length + alignment - 1);
   const address = libc.addressOf(new Uint8Array(sab, 0, 1));
@@ -193,6 +193,13 @@ export function checkRange(
     );
   }
   return m;
+}
+
+/** An argument the kernel takes as a C int: an integer from 0 to 2^31 - 1. */
+function checkInt32(op: string, name: string, v: unknown): void {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0 || v > 0x7fffffff) {
+    throw invalid(op, `${name} must be an integer from 0 to ${0x7fffffff} (got ${describeValue(v)})`);
+  }
 }
 
 function fail(op: string): never {
@@ -432,8 +439,14 @@ export class Mapping {
     return this.length;
   }
 
-  /** Address of page `i`. */
+  /** Address of page `i` (`i` up to the page count: `page(count)` is the mapping's end). */
   page(i: number): number {
+    if (typeof i !== "number" || !Number.isSafeInteger(i) || i < 0 || i * this.pageSize > this.length) {
+      throw invalid(
+        "page",
+        `page index must be an integer from 0 to ${this.length / this.pageSize} (got ${describeValue(i)})`,
+      );
+    }
     return this.address + i * this.pageSize;
   }
 
@@ -475,7 +488,7 @@ export class Mapping {
   /** `madvise(advice)` on a page-aligned part of the mapping. */
   madvise(advice: number, offset = 0, length: number = this.length - offset): void {
     const a = this.#sub("madvise", offset, length);
-    checkInteger("madvise", "advice (an MADV_* number)", advice);
+    checkInt32("madvise", "advice (an MADV_* number)", advice);
     if (libc.madvise(a, length, advice) !== 0) fail("madvise");
   }
 
@@ -492,7 +505,7 @@ export class Mapping {
   /** `mprotect` on a page-aligned part of the mapping. */
   protect(prot: number, offset = 0, length: number = this.length - offset): void {
     const a = this.#sub("mprotect", offset, length);
-    checkInteger("mprotect", "prot (PROT_* bits)", prot);
+    checkInt32("mprotect", "prot (PROT_* bits)", prot);
     if (libc.mprotect(a, length, prot) !== 0) fail("mprotect");
   }
 
@@ -506,8 +519,12 @@ export class Mapping {
     Mapping.#checkLength("mremap", newLength, this.pageSize);
     checkOptions("mremap", options, ["dontUnmap", "to"]);
     checkBoolean("mremap", "dontUnmap", options.dontUnmap);
-    if (options.to !== undefined && (options.to % this.pageSize !== 0 || options.to <= 0)) {
-      throw invalid("mremap", `to must be a ${this.pageSize}-aligned address (got ${options.to})`);
+    const to = options.to;
+    if (
+      to !== undefined &&
+      (typeof to !== "number" || !Number.isSafeInteger(to) || to <= 0 || to % this.pageSize !== 0)
+    ) {
+      throw invalid("mremap", `to must be a ${this.pageSize}-aligned address (got ${describeValue(to)})`);
     }
     const flags = mm.MREMAP_MAYMOVE | (options.dontUnmap ? mm.MREMAP_DONTUNMAP : 0) |
       (options.to !== undefined ? mm.MREMAP_FIXED : 0);

@@ -6,11 +6,13 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { ioctl, O_CLOEXEC } from "./abi.ts";
-import { checkBoolean, checkInteger, checkOptions, checkRangeObject } from "./checks.ts";
+import { checkBoolean, checkInteger, checkOptions, checkRangeObject, describeValue } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { checkNotClosed, checkRange, cstring, pageSize } from "./memory.ts";
 import { pm_scan_arg } from "./structs.ts";
 
+/** The most regions one scanner holds per PAGEMAP_SCAN call (24 MiB of page_region). */
+const MAX_REGIONS = 1 << 20;
 const SCAN_KEYS = ["required", "anyOf", "excluded", "report", "reprotect", "checkWpAsync", "maxPages"];
 
 /** `PAGE_IS_*` categories of PAGEMAP_SCAN. */
@@ -98,6 +100,9 @@ export class PagemapScanner {
   /** Opens /proc/self/pagemap with room for `capacity` regions per PAGEMAP_SCAN call. */
   constructor(capacity = 1024) {
     checkInteger("PagemapScanner", "capacity", capacity, 1);
+    if (capacity > MAX_REGIONS) {
+      throw invalid("PagemapScanner", `capacity must be at most ${MAX_REGIONS} regions (got ${capacity})`);
+    }
     this.#fd = libc.open(cstring("/proc/self/pagemap"), O_CLOEXEC, 0);
     if (this.#fd < 0) throw new UffdError("open /proc/self/pagemap", libc.errno());
     this.#capacity = capacity;
@@ -154,6 +159,9 @@ export class PagemapScanner {
   /** Reads the pagemap entry of the page holding `addr` (one 8-byte pread, no range check). */
   entry(addr: number): PagemapEntry {
     if (this.#fd < 0) throw invalid("pagemap", "the scanner is closed", "EBADF");
+    if (typeof addr !== "number" || !Number.isSafeInteger(addr) || addr < 0) {
+      throw invalid("pagemap", `addr must be an address, an integer >= 0 (got ${describeValue(addr)})`);
+    }
     const n = libc.preadAddr(this.#fd, libc.addressOf(this.#entry), 8, Math.floor(addr / pageSize) * 8);
     if (n !== 8) throw new UffdError("pread /proc/self/pagemap", n < 0 ? libc.errno() : ERRNO.EIO);
     const hi = this.#entry[1];

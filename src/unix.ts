@@ -8,6 +8,7 @@
  */
 import { libc } from "../ffi/mod.ts";
 import { O_CLOEXEC } from "./abi.ts";
+import { describeValue, MAX_TIMEOUT_MS, showValue } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
 import { FdWatcher } from "./fd_watcher.ts";
 
@@ -51,7 +52,7 @@ function get64(v: DataView, off: number): number {
 /** struct sockaddr_un for a path, with its length; a path too long for sun_path is a typed error. */
 function sockaddr(op: string, path: string): Uint8Array {
   if (typeof path !== "string" || path === "") {
-    throw invalid(op, `a socket path must be a non-empty string (got ${JSON.stringify(path)})`);
+    throw invalid(op, `a socket path must be a non-empty string (got ${showValue(path)})`);
   }
   const p = new TextEncoder().encode(path);
   if (p.length > SUN_PATH_MAX || p.includes(0)) {
@@ -80,10 +81,21 @@ function socketFd(op: string): number {
 
 /** Waits up to `ms` (-1: forever) for `fd` to be readable; true when it is. Blocks this thread. */
 export function waitReadable(fd: number, ms: number): boolean {
+  if (!Number.isSafeInteger(fd) || fd < 0) {
+    throw invalid("poll", `fd must be a descriptor number >= 0 (got ${describeValue(fd)})`, "EBADF");
+  }
+  if (typeof ms !== "number" || Number.isNaN(ms) || ms > MAX_TIMEOUT_MS) {
+    throw invalid(
+      "poll",
+      `ms must be a number of milliseconds up to ${MAX_TIMEOUT_MS}, or -1 to wait forever (got ${
+        describeValue(ms)
+      })`,
+    );
+  }
   const pfd = new Int32Array([fd, POLLIN]);
   const until = ms < 0 ? Infinity : Date.now() + ms;
   for (;;) {
-    const left = until === Infinity ? -1 : Math.max(0, until - Date.now());
+    const left = until === Infinity ? -1 : Math.ceil(Math.max(0, until - Date.now()));
     const r = libc.poll(pfd, 1, left);
     if (r >= 0) return r > 0;
     if (libc.errno() !== ERRNO.EINTR) throw new UffdError("poll", libc.errno());

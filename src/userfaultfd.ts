@@ -36,10 +36,10 @@ import {
   checkBoolean,
   checkInteger,
   checkNameList,
-  checkNumber,
   checkOneOf,
   checkOptions,
   checkRangeObject,
+  checkTimeout,
   describeValue,
 } from "./checks.ts";
 import { ERRNO, invalid, UffdError } from "./errors.ts";
@@ -285,7 +285,7 @@ export class Userfaultfd {
       checkBoolean("open", k, options[k]);
     }
     const via = options.via ?? "auto";
-    const features = options.features ?? [];
+    const features = options.features === undefined ? [] : options.features;
     checkFeatureNames("open", features);
     if (features.length > 0) {
       const missing = features.filter((f) => !Userfaultfd.probe().features.includes(f));
@@ -809,9 +809,9 @@ export class Userfaultfd {
       throw invalid("read", `buf must be an EventBuffer (new EventBuffer(16)) (got ${describeValue(buf)})`);
     }
     checkOptions("read", options, ["timeout"]);
-    checkNumber("read", "timeout (milliseconds)", options.timeout);
+    checkTimeout("read", "timeout", options.timeout, "omit it to block");
     buf.count = 0;
-    if (options.timeout !== undefined && !this.#waitReadable(options.timeout)) return 0;
+    if (options.timeout !== undefined && !this.#waitReadable(Math.ceil(options.timeout))) return 0;
     for (;;) {
       const n = libc.read(this.#fd, buf.bytes, buf.bytes.byteLength);
       if (n >= 0) return this.#took(buf, Math.floor(n / 32));

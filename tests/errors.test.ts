@@ -893,7 +893,7 @@ describe("wrong option types", () => {
       [
         "read timeout",
         () => uffd.readEvent({ timeout: bad("100") }),
-        /timeout \(milliseconds\) must be a number \(got the string "100"\)/,
+        /timeout must be a number of milliseconds from 0 to 2147483647 \(omit it to block\) \(got the string "100"\)/,
       ],
       ["read buffer", () => uffd.readEvents(bad({})), /buf must be an EventBuffer/],
       [

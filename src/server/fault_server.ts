@@ -8,6 +8,7 @@ import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { libc } from "../../ffi/mod.ts";
 import { mm } from "../abi.ts";
 import { invalid, UffdError } from "../errors.ts";
+import { describeValue, showValue } from "../checks.ts";
 import { EventFd } from "../eventfd.ts";
 import { Mapping, pageSize as systemPageSize } from "../memory.ts";
 import { Userfaultfd } from "../userfaultfd.ts";
@@ -235,6 +236,8 @@ export interface FaultServerStats {
 export type FaultServerState = "starting" | "running" | "stopped" | "failed";
 
 const MAX_ADAPTIVE = 64;
+/** The most messages one read() of the serving thread takes (an EventBuffer's capacity at most). */
+const MAX_BATCH = 1 << 20;
 
 /**
  * Serves page faults of a region from a {@link PageSource} in a Worker.
@@ -270,7 +273,8 @@ export class FaultServer {
   readonly #pages: Uint8Array;
   readonly #error: Uint8Array;
   readonly #record: Int32Array | undefined;
-  readonly #stop = new EventFd();
+  /** Created once the options are checked (a rejected server must leave no descriptor behind). */
+  readonly #stop: EventFd;
   readonly #threads: Worker[] = [];
   readonly #owned: Mapping[] = [];
   readonly #hold: unknown[] = [];
@@ -283,6 +287,7 @@ export class FaultServer {
   #toPopulate: Array<[number, number]> = [];
   #populated = 0;
   #exited: Promise<void>;
+  #exitWatched = false;
   #onClose: "poison" | "zero" | undefined;
 
   /** Creates the descriptor and mapping and starts the Worker; await {@link ready} (or use {@link start}). */
@@ -347,6 +352,7 @@ export class FaultServer {
     this.kernelFaults = kernelFaults;
     let init: ServerInit;
     try {
+      this.#stop = new EventFd();
       const opened = openSource(src);
       this.#hold.push(...opened.hold);
       if (options.populate) this.#toPopulate = opened.populate ?? [];
@@ -461,6 +467,12 @@ export class FaultServer {
       readyReject = rej;
     });
     this.ready.catch(() => {});
+    if (NODE) {
+      // Node: the threads are unref'd, so `await server.ready` after `new FaultServer()` would see an
+      // empty event loop (the process ends, the promise still pending): keep the loop alive until then.
+      const keep = setInterval(() => {}, 1 << 30);
+      this.ready.then(() => clearInterval(keep), () => clearInterval(keep));
+    }
     let exitedResolve!: () => void;
     this.#exited = new Promise((res) => (exitedResolve = res));
     const url = new URL("./worker.ts", import.meta.url);
@@ -740,7 +752,7 @@ export class FaultServer {
   /** Pages never placed (still served from the source on first touch). */
   get emptyPages(): number {
     let n = 0;
-    for (const p of this.#pages) if (p === PAGE.empty) n++;
+    for (const p of this.#pages) if (p === PAGE.empty || p === PAGE.failing) n++;
     return n;
   }
 
@@ -786,12 +798,14 @@ export class FaultServer {
       const first = this.#regions[i + 2];
       const n = first + this.#regions[i + 1] / ps;
       for (let p = first; p < n;) {
-        if (this.#pages[p] !== PAGE.empty) {
+        const unplaced = (k: number): boolean =>
+          this.#pages[k] === PAGE.empty || this.#pages[k] === PAGE.failing;
+        if (!unplaced(p)) {
           p++;
           continue;
         }
         let q = p + 1;
-        while (q < n && this.#pages[q] === PAGE.empty) q++;
+        while (q < n && unplaced(q)) q++;
         for (let a = p; a < q;) {
           try {
             const done = this.uffd.poison({ start: start + (a - first) * ps, len: (q - a) * ps }) / ps;
@@ -825,7 +839,7 @@ export class FaultServer {
     if (closeUffd) this.uffd?.close();
     for (const r of this.#releases.splice(0)) r();
     for (const m of this.#owned) m.close();
-    this.#stop.close();
+    this.#stop?.close();
     if (!this.#fetcherAlive) this.#releaseFetcher();
   }
 
@@ -836,6 +850,12 @@ export class FaultServer {
 
   /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */
   get exited(): Promise<void> {
+    if (NODE && this.#closed && !this.#exitWatched) {
+      // Node: nothing else keeps the event loop alive for unref'd threads that are ending.
+      this.#exitWatched = true;
+      const keep = setInterval(() => {}, 1 << 30);
+      void this.#exited.then(() => clearInterval(keep));
+    }
     return this.#exited;
   }
 
@@ -937,7 +957,7 @@ function resolveOptions(options: FaultServerOptions): {
       Object.keys(ra).some((k) => k !== "min" && k !== "max"))
   ) {
     throw bad(
-      `readahead must be a number of pages, "adaptive", or { min, max } (got ${JSON.stringify(ra)})`,
+      `readahead must be a number of pages, "adaptive", or { min, max } (got ${showValue(ra)})`,
     );
   }
   const readahead: ServerInit["readahead"] = ra === "adaptive"
@@ -950,7 +970,7 @@ function resolveOptions(options: FaultServerOptions): {
   if (
     !Number.isInteger(maxWindow) || !Number.isInteger(minWindow) || minWindow < 1 || minWindow > maxWindow
   ) {
-    throw bad(`readahead must be whole pages >= 1, min <= max (got ${JSON.stringify(ra)})`);
+    throw bad(`readahead must be whole pages >= 1, min <= max (got ${showValue(ra)})`);
   }
   const batch = options.batch ?? 32;
   if (!Number.isInteger(batch) || batch < 1) throw bad(`batch must be a whole number >= 1 (got ${batch})`);
@@ -959,7 +979,27 @@ function resolveOptions(options: FaultServerOptions): {
     throw bad(`latencyEvery must be a whole number >= 1 (got ${latencyEvery})`);
   }
   const busyPollUs = options.busyPollUs ?? 0;
-  if (!(busyPollUs >= 0)) throw bad(`busyPollUs must be >= 0 (got ${busyPollUs})`);
+  if (typeof busyPollUs !== "number" || !(busyPollUs >= 0) || !Number.isFinite(busyPollUs)) {
+    throw bad(`busyPollUs must be a finite number of microseconds >= 0 (got ${describeValue(busyPollUs)})`);
+  }
+  if (batch > MAX_BATCH) throw bad(`batch must be at most ${MAX_BATCH} messages (got ${batch})`);
+  const ct = options.closeTimeoutMs;
+  if (ct !== undefined && (typeof ct !== "number" || !Number.isFinite(ct) || ct < 0)) {
+    throw bad(`closeTimeoutMs must be a finite number of milliseconds >= 0 (got ${describeValue(ct)})`);
+  }
+  if (options.record !== undefined && typeof options.record !== "boolean") {
+    throw bad(`record must be a boolean, true or false (got ${describeValue(options.record)})`);
+  }
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+    throw bad(`signal must be an AbortSignal (got ${describeValue(options.signal)})`);
+  }
+  if (
+    options.onError !== undefined &&
+    (options.onError === null || typeof options.onError !== "object" || Array.isArray(options.onError) ||
+      Object.keys(options.onError).some((k) => k !== "retries" && k !== "then"))
+  ) {
+    throw bad(`onError must be an object { retries, then } (got ${describeValue(options.onError)})`);
+  }
   const onError: ErrorPolicy = {
     retries: options.onError?.retries ?? 2,
     then: options.onError?.then ?? "poison",
@@ -1070,7 +1110,7 @@ function checkCombination(src: PageSource, placement: Placement): void {
   if (!ok[src.kind]) {
     throw invalid(
       "FaultServer",
-      `unknown source kind ${JSON.stringify((src as { kind: unknown }).kind)}; valid kinds: ${
+      `unknown source kind ${showValue((src as { kind: unknown }).kind)}; valid kinds: ${
         SOURCE_KINDS.join(", ")
       }`,
     );

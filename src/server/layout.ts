@@ -104,6 +104,11 @@ export const PAGE = {
   poisoned: 3,
   /** Unmapped (UNMAP event): never serve again. */
   gone: 4,
+  /**
+   * The source failed and the policy's POISON (or zero page) met EAGAIN (a REMOVE, UNMAP or REMAP
+   * event pending): resolved by the policy once the events are read, without asking the source again.
+   */
+  failing: 5,
 } as const;
 
 /** How pages are placed. */

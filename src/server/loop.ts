@@ -432,14 +432,28 @@ export async function serve(
     }
   }
 
-  function fail(p: number): void {
+  /**
+   * Resolves page p by the error policy; false when that must wait for the pending events (EAGAIN:
+   * the page is then `failing`, and its fault is retried after them, without the source).
+   */
+  function fail(p: number): boolean {
     if (policy.then === "zero") {
       const r = zeroFill(p, 1);
+      if (r === -EAGAIN) {
+        pages[p] = PAGE.failing;
+        stats[STAT.eagain]++;
+        return false;
+      }
       if (r > 0 || r === -EEXIST) pages[p] = PAGE.placed;
       if (r > 0) stats[STAT.zeroed]++;
       else if (r === -EEXIST) wake(p, 1);
     } else {
       const r = rangeOp(ioctl.UFFDIO_POISON, p, 1);
+      if (r === -EAGAIN) {
+        pages[p] = PAGE.failing;
+        stats[STAT.eagain]++;
+        return false;
+      }
       if (r === -EEXIST) {
         pages[p] = PAGE.placed; // placed after all (a thread that ended just after its copy)
         wake(p, 1);
@@ -454,6 +468,7 @@ export async function serve(
         recordError(`page ${p} (offset ${p * ps}) could not be served nor poisoned (errno ${-r})`);
       }
     }
+    return true;
   }
 
   const DONE = 0;
@@ -470,6 +485,7 @@ export async function serve(
    */
   function begin(p: number): number {
     const state = pages[p];
+    if (state === PAGE.failing) return fail(p) ? HANDLED : RETRY; // the policy, after the events
     if (state === PAGE.removed) {
       const r = zeroFill(p, 1);
       if (r === -EAGAIN) return RETRY;
@@ -534,13 +550,10 @@ export async function serve(
       precount(1); // finishSingle settles one page
       return finishSingle(p, r);
     }
-    if (r === SOURCE_FAILED) {
-      fail(p); // the source failed after its retries
-      return DONE;
-    }
+    if (r === SOURCE_FAILED) return fail(p) ? DONE : DEFER; // the source failed after its retries
     // ENOENT/ESRCH: the mapping or the faulting process went away.
     recordError(`${placement} of pages [${a}, ${b}) failed: errno ${-r}`);
-    if (r === -ERRNO.EFAULT) fail(p);
+    if (r === -ERRNO.EFAULT && !fail(p)) return DEFER;
     return DONE;
   }
 
@@ -557,10 +570,10 @@ export async function serve(
       stats[STAT.eagain]++;
       return DEFER;
     } else if (r === SOURCE_FAILED) {
-      fail(p);
+      if (!fail(p)) return DEFER;
     } else {
       recordError(`${placement} of page ${p} failed: errno ${-r}`);
-      fail(p);
+      if (!fail(p)) return DEFER;
     }
     return DONE;
   }
@@ -655,10 +668,7 @@ export async function serve(
     }
     const c = Math.floor(p / ppc);
     const st = Atomics.load(urlChunk, c);
-    if (st === CHUNK_STATE.failed) {
-      fail(p); // after the fetcher's retries (the reason is in lastError)
-      return true;
-    }
+    if (st === CHUNK_STATE.failed) return fail(p); // after the fetcher's retries (the reason is in lastError)
     if (st !== CHUNK_STATE.ready) {
       if (st === CHUNK_STATE.absent) request(c);
       // Sequential faults: the chunk before this one is done, so ask for the next one too.

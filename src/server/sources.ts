@@ -14,6 +14,7 @@
  */
 import { libc } from "../../ffi/mod.ts";
 import { invalid, UffdError } from "../errors.ts";
+import { showValue } from "../checks.ts";
 import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
 import { CHUNK, type SourceInit, type VerifyInit } from "./layout.ts";
 import type { UrlPageSource } from "./url.ts";
@@ -147,7 +148,7 @@ export function openSource(src: PageSource): OpenedSource {
 /** A read-only mapping of a file, with an error naming the path. */
 function openFile(op: string, path: string): Mapping {
   if (typeof path !== "string" || path === "") {
-    throw invalid(op, `a file source needs a path string (got ${JSON.stringify(path)})`);
+    throw invalid(op, `a file source needs a path string (got ${showValue(path)})`);
   }
   try {
     return Mapping.file(path);

@@ -7,6 +7,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { invalid } from "../errors.ts";
+import { showValue } from "../checks.ts";
 
 /** Runs of source pages `[first page, count]`, in the order they were first installed. */
 export interface WorkingSet {
@@ -33,7 +34,7 @@ export function checkWorkingSet(ws: unknown, where = "working set"): WorkingSet 
   if (!ws || typeof ws !== "object") bad("expected an object { pageSize, runs }");
   const { pageSize, runs } = ws as Partial<WorkingSet>;
   if (!Number.isSafeInteger(pageSize) || pageSize! < 4096 || (pageSize! & (pageSize! - 1)) !== 0) {
-    bad(`pageSize must be a power of two >= 4096 (got ${JSON.stringify(pageSize)})`);
+    bad(`pageSize must be a power of two >= 4096 (got ${showValue(pageSize)})`);
   }
   if (!Array.isArray(runs)) bad("runs must be an array of [first page, count] pairs");
   for (const r of runs!) {
@@ -41,7 +42,7 @@ export function checkWorkingSet(ws: unknown, where = "working set"): WorkingSet 
       !Array.isArray(r) || r.length !== 2 || !Number.isSafeInteger(r[0]) || !Number.isSafeInteger(r[1]) ||
       r[0] < 0 || r[1] <= 0
     ) {
-      bad(`runs must be [first page >= 0, count > 0] pairs (got ${JSON.stringify(r)})`);
+      bad(`runs must be [first page >= 0, count > 0] pairs (got ${showValue(r)})`);
     }
   }
   return ws as WorkingSet;
