@@ -216,9 +216,13 @@ describe("mutants: error path (src/userfaultfd.ts #run/#runOn/#checkRegistered, 
     using mem = Mapping.anonymous(2 * PS);
     uffd.register({ start: mem.start, len: PS }, { missing: true });
     uffd.register({ start: mem.start + PS, len: PS }, { missing: false, wp: true });
-    // The library lets it through (kills `mode <= 0`); the kernel refuses a range over two VMAs.
+    // The library lets it through (kills `mode <= 0`); the kernel refuses a range over two VMAs,
+    // and the error says so, not that the mapping changed (kills `registeredMode(...) > 0`).
     const e = thrown(() => uffd.zeropage({ start: mem.start, len: 2 * PS }), "zeropage over both");
     assert.equal(e.source, "kernel", e.message);
+    assert.equal(e.code, "ENOENT");
+    assert.match(e.message, /spans registrations of different modes.*split the call where the mode changes/);
+    assert.doesNotMatch(e.message, CHANGED);
   });
 
   it("an ioctl's result is read from its own field, whatever the field before it holds", T, () => {
