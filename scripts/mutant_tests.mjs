@@ -8,8 +8,16 @@ import { existsSync } from "node:fs";
 const tests = (process.env.UFFD_MUTANT_TESTS ?? "").split(",").filter((t) => t && existsSync(t));
 const perRuntime = process.env.UFFD_MUTANT_TIMEOUT ?? "240";
 const deno = [
-  "test", "--no-check", "--allow-ffi", "--allow-read", "--allow-write", "--allow-env", "--allow-run",
-  "--allow-net", "--fail-fast", ...(tests.length ? tests : ["tests/"]),
+  "test",
+  "--no-check",
+  "--allow-ffi",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-run",
+  "--allow-net",
+  "--fail-fast",
+  ...(tests.length ? tests : ["tests/"]),
 ];
 const bun = ["test", "--bail", ...tests.map((t) => `./${t}`)];
 for (const [cmd, args] of [["deno", deno], ["bun", bun]]) {
