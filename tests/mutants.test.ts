@@ -34,11 +34,20 @@ function thrown(f: () => unknown, what: string): UffdError {
   assert.fail(`${what}: no error`);
 }
 
-/** Address space mapped with plain mmap (the library knows nothing of it); unmapped by dispose. */
+const MAP_FIXED_NOREPLACE = 0x100000;
+
+/**
+ * Address space mapped with plain mmap (the library knows nothing of it); unmapped by dispose. It is
+ * placed at a random address far from where the kernel puts new mappings, so that it is not where a
+ * Mapping that an earlier test closed used to be (the library reports such a range as closed).
+ */
 function foreign(pages: number): { start: number; [Symbol.dispose](): void } {
-  const start = libc.mmap(0, pages * PS, PROT_NONE, MAP_PRIVATE_ANONYMOUS, -1, 0);
-  assert.ok(start > 0, "mmap");
-  return { start, [Symbol.dispose]: () => void libc.munmap(start, pages * PS) };
+  for (let i = 0; i < 16; i++) {
+    const hint = 0x2000_0000_0000 + Math.floor(Math.random() * 2 ** 24) * 16 * PS;
+    const start = libc.mmap(hint, pages * PS, PROT_NONE, MAP_PRIVATE_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (start === hint) return { start, [Symbol.dispose]: () => void libc.munmap(start, pages * PS) };
+  }
+  assert.fail("no free address for a foreign mapping");
 }
 
 describe("mutants: range checks (src/memory.ts checkRange, Mapping#sub)", () => {
@@ -223,6 +232,35 @@ describe("mutants: error path (src/userfaultfd.ts #run/#runOn/#checkRegistered, 
     assert.equal(e.code, "ENOENT");
     assert.match(e.message, /spans registrations of different modes.*split the call where the mode changes/);
     assert.doesNotMatch(e.message, CHANGED);
+  });
+
+  it("the explanation of ENOENT weighs only the registrations the range covers, each by its mode", T, () => {
+    const unmappedEnoent = (regs: [number, { missing?: boolean; wp?: boolean }][], page: number, n = 1) => {
+      using uffd = Userfaultfd.open({ features: ["WP_UNPOPULATED"] });
+      using mem = Mapping.anonymous(3 * PS);
+      for (const [p, mode] of regs) uffd.register({ start: mem.start + p * PS, len: PS }, mode);
+      libc.munmap(mem.start + page * PS, n * PS); // behind the library's back
+      return thrown(() => uffd.zeropage({ start: mem.start + page * PS, len: n * PS }), "zeropage");
+    };
+    const WP = { missing: false, wp: true };
+    const MISSING = { missing: true };
+    // One wp-only registration (mode 2): changed (kills `let mode = +1`).
+    assert.match(unmappedEnoent([[1, WP]], 1).message, CHANGED);
+    // Registrations of another mode right before and right after do not count (kills the skip's
+    // `if (false)`, `&&`, `r.end < start` and `r.start > end`).
+    assert.match(unmappedEnoent([[0, WP], [1, MISSING], [2, WP]], 1).message, CHANGED);
+    // Two separate registrations of the same mode are not mixed (kills `r.mode !== mode` -> true).
+    assert.match(unmappedEnoent([[0, MISSING], [1, MISSING]], 0, 2).message, CHANGED);
+  });
+
+  it("UFFDIO_MOVE's ENOENT (a hole at the source) is never explained as a changed mapping", T, () => {
+    using uffd = Userfaultfd.open({ features: ["MOVE"] });
+    using mem = Mapping.anonymous(PS);
+    using src = Mapping.anonymous(PS);
+    uffd.register(mem);
+    const e = thrown(() => uffd.move({ start: mem.start, len: PS, src: src.start }), "move from a hole");
+    assert.equal(e.code, "ENOENT");
+    assert.doesNotMatch(e.message, CHANGED); // kills `op !== "UFFDIO_MOVE"` -> true
   });
 
   it("an ioctl's result is read from its own field, whatever the field before it holds", T, () => {

@@ -7,7 +7,7 @@
 // the userfaultfd closes) on unmapped memory and take the process down with SIGSEGV. The sealed
 // pages stay mapped until the process exits. (A page poisoned at the same address still kills it.)
 import { libc } from "../../ffi/mod.ts";
-import { pageSize } from "../../mod.ts";
+import { hugePageSize, pageSize } from "../../mod.ts";
 
 /** The default deadline of one access. */
 export const PEEK_TIMEOUT_MS = 5000;
@@ -21,9 +21,13 @@ const SYS_mseal = 462;
  * before 6.10 have no mseal.
  */
 export function sealStuck(addr: number, len: number): void {
-  const a = addr - (addr % pageSize);
-  const end = Math.ceil((addr + Math.max(len, 1)) / pageSize) * pageSize;
-  libc.syscall(SYS_mseal, a, end - a, 0);
+  // A hugetlb mapping can only be sealed in whole huge pages (EINVAL otherwise).
+  for (const unit of [pageSize, hugePageSize()]) {
+    if (unit === 0) continue;
+    const a = addr - (addr % unit);
+    const end = Math.ceil((addr + Math.max(len, 1)) / unit) * unit;
+    if (libc.syscall(SYS_mseal, a, end - a, 0) === 0) return;
+  }
 }
 
 /** A Worker that reads and writes memory for the test thread; `close()` it (or `using`). */
