@@ -667,10 +667,15 @@ export class FaultServer {
       Atomics.wait(this.#ctrl, CTRL.state, st, Math.min(left, 50));
     }
     for (const w of this.#threads) endThread(w);
-    // A remote descriptor opened without POISON cannot: the other process then reads never-placed
-    // pages as zeros once the descriptor is closed (keep the server running while it runs).
-    if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
-    this.#release();
+    try {
+      // A remote descriptor opened without POISON cannot: the other process then reads never-placed
+      // pages as zeros once the descriptor is closed (keep the server running while it runs).
+      if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
+    } finally {
+      // Released even when poisoning failed: a descriptor left open with no thread reading its
+      // events would block the next munmap of the range (UNMAP waits for its reader) forever.
+      this.#release();
+    }
   }
 
   /** Poisons every never-placed page of a caller-owned mapping or remote regions (runs of pages, one ioctl each). */
