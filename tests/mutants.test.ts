@@ -5,6 +5,7 @@ import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { libc } from "../ffi/mod.ts";
 import {
+  FaultServer,
   freeHugePages,
   hugePageSize,
   Mapping,
@@ -15,6 +16,7 @@ import {
 } from "../mod.ts";
 import { U64Struct } from "../src/structs.ts";
 import { Peeker } from "./helpers/peek.ts";
+import { pattern } from "./helpers/faulters.ts";
 
 const T = { timeout: 20000 };
 const PS = pageSize;
@@ -49,6 +51,121 @@ function foreign(pages: number): { start: number; [Symbol.dispose](): void } {
   }
   assert.fail("no free address for a foreign mapping");
 }
+
+/** Resolves once `cond()` holds (the server counts a fault just after waking its thread). */
+async function settle(cond: () => boolean, what: string, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) return assert.fail(`${what}: not within ${ms} ms`);
+    await new Promise((r) => setTimeout(r, 2));
+  }
+}
+
+const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
+
+// First in this file: under a mutant of the fault loop these fail within seconds, and the mutation
+// run's Deno suite stops at the first failing file (--fail-fast).
+describe("mutants: the fault loop (src/server/loop.ts windowFor, finish, finishSingle)", () => {
+  it("the adaptive window doubles on each sequential rule alone and falls back to one page", T, async () => {
+    const n = 40;
+    const data = pattern(n, PS, 41);
+    const src = new Uint8Array(data);
+    const server = await FaultServer.start({
+      source: { kind: "bytes", data },
+      readahead: "adaptive",
+      onRemove: "source",
+    });
+    try {
+      using pk = new Peeker();
+      const touch = async (p: number, pages: number, window: number, why: string): Promise<void> => {
+        assert.equal(pk.byte(server.address + p * PS + 7, 2000), src[p * PS + 7], `page ${p}`);
+        await settle(() => server.stats.pages === pages, `page ${p}: ${pages} pages placed`);
+        assert.equal(server.stats.window, window, `page ${p}: ${why}`);
+      };
+      await touch(0, 1, 1, "a first fault: one page");
+      await touch(1, 3, 2, "right after the last window: doubled"); // kills `p === lastEnd && ...`
+      server.mapping.dontneed(PS, 2 * PS); // pages 1-2 empty again ("source"): only lastEnd says sequential
+      await settle(() => server.stats.removed === 2, "REMOVE of pages 1-2");
+      await touch(3, 7, 4, "at lastEnd alone: doubled"); // kills `p === lastEnd` -> false
+      await touch(20, 8, 1, "a random fault: one page");
+      await touch(10, 9, 1, "another random fault");
+      await touch(21, 11, 2, "the page before is placed: doubled"); // kills `p <= rLo`, `p + 1`, `-> false`
+      await touch(30, 12, 1, "random again");
+      await touch(32, 14, 2, "two back is placed (interleaved streams): doubled"); // kills `p + 2`, `false`, `<=`
+      const s = server.stats;
+      assert.equal(s.eagain, 0, "no window stopped short"); // kills `a - done > p`
+      assert.equal(s.eexist, 0);
+      assert.equal(s.bytes, s.pages * PS);
+    } finally {
+      server.close();
+    }
+  });
+
+  it(
+    "a fixed window around a dropped page covers only the empty pages next to it (no EEXIST)",
+    T,
+    async () => {
+      const data = pattern(8, PS, 43);
+      const src = new Uint8Array(data);
+      const server = await FaultServer.start({
+        source: { kind: "bytes", data },
+        readahead: 4,
+        onRemove: "source",
+      });
+      try {
+        using pk = new Peeker();
+        assert.equal(pk.byte(server.address + 5, 2000), src[5]);
+        await settle(() => server.stats.pages === 4, "window [0, 4)");
+        server.mapping.dontneed(PS, PS);
+        await settle(() => server.stats.removed === 1, "REMOVE of page 1");
+        assert.equal(pk.byte(server.address + PS + 5, 2000), src[PS + 5], "page 1 again");
+        await settle(() => server.stats.pages === 5, "page 1 placed again");
+        assert.equal(server.stats.eexist, 0, "the window [1, 2), not over the placed page 0"); // kills `|| true` in lo--
+      } finally {
+        server.close();
+      }
+    },
+  );
+
+  it(
+    "a window cut short by a present page places the faulting page alone and counts its bytes",
+    T,
+    async () => {
+      const data = pattern(8, PS, 47);
+      const src = new Uint8Array(data);
+      using mapping = Mapping.anonymous(8 * PS);
+      mapping.bytes().fill(0x33, PS, 2 * PS); // present before it is registered: the server cannot know
+      const server = await FaultServer.start({ source: { kind: "bytes", data }, mapping, readahead: 4 });
+      try {
+        using pk = new Peeker();
+        assert.equal(pk.byte(mapping.start + 2 * PS + 9, 2000), src[2 * PS + 9]);
+        await settle(() => server.stats.pages === 2, "page 0 by the window, page 2 alone");
+        const s = server.stats;
+        assert.equal(s.bytes, 2 * PS, "bytes of both placements"); // kills `bytes -= r` in finishSingle
+        assert.equal(s.eagain, 1, "one window stopped before the faulting page");
+        assert.equal(pk.byte(mapping.start + PS, 2000), 0x33, "the present page kept");
+      } finally {
+        server.close();
+      }
+    },
+  );
+
+  it("a source failure is not counted as EEXIST (onError zero)", T, async () => {
+    const server = await FaultServer.start({
+      source: { kind: "module", url: source("failing_source.ts"), length: 8 * PS },
+      onError: { retries: 0, then: "zero" },
+    });
+    try {
+      using pk = new Peeker();
+      assert.equal(pk.byte(server.address + 3 * PS, 2000), 0, "zero-filled as asked");
+      await settle(() => server.stats.zeroed === 1, "page 3 zeroed");
+      assert.equal(server.stats.eexist, 0); // kills `r === -EEXIST` -> true in finish
+      assert.equal(server.stats.errors, 1);
+    } finally {
+      server.close();
+    }
+  });
+});
 
 describe("mutants: range checks (src/memory.ts checkRange, Mapping#sub)", () => {
   it("each bad range gets the message of the check that refused it, in the kernel's order", T, () => {
