@@ -465,6 +465,17 @@ export class Userfaultfd {
     return -1;
   }
 
+  /** Whether `[start, end)` overlaps registrations of different modes (separate VMAs in the kernel). */
+  #mixedModes(start: number, end: number): boolean {
+    let mode = -1;
+    for (const r of this.#regs) {
+      if (r.end <= start || r.start >= end) continue;
+      if (mode >= 0 && r.mode !== mode) return true;
+      mode = r.mode;
+    }
+    return false;
+  }
+
   /**
    * Rejects, before the syscall, a range this descriptor did not register (ENOENT, as the
    * kernel; EINVAL for MOVE, as the kernel), or registered without the `need`ed mode. Only when the descriptor knows all its
@@ -512,8 +523,11 @@ export class Userfaultfd {
         throw new UffdError(op, e.errno, {
           result: e.result,
           done: e.done,
-          detail: "the range is registered with this userfaultfd, but its mapping changed under the " +
-            "operation (unmapped or remapped): stop serving it",
+          detail: this.#mixedModes(start, start + len)
+            ? "the range spans registrations of different modes, which the kernel keeps as separate " +
+              "mappings, and one call resolves pages of one mapping only: split the call where the mode changes"
+            : "the range is registered with this userfaultfd, but its mapping changed under the " +
+              "operation (unmapped or remapped): stop serving it",
         });
       }
       throw e;

@@ -280,9 +280,12 @@ describe("FaultServer", () => {
       using pk = new Peeker();
       try {
         assert.equal(pk.byte(mapping.start + 1 * pageSize + 3), src[1 * pageSize + 3]);
-        const hole = Mapping.anonymous(n * pageSize);
-        const to = hole.start;
-        hole.close(); // free the address, then move the served region there
+        // Reserve the destination and move the region over the reservation (MREMAP_FIXED replaces
+        // it). Unmapping a hole first and moving there raced with the runtime's own threads: one
+        // could map memory into the freed range in between, have it replaced by the move, and later
+        // unmap "its" memory, taking part of the served region with it (UFFDIO_POISON ENOENT at close).
+        const to = libc.mmap(0, n * pageSize, 0, /* PROT_NONE */ 0x22, /* MAP_PRIVATE|MAP_ANONYMOUS */ -1, 0);
+        assert.ok(to > 0 && to % pageSize === 0, "a reservation for the destination");
         moved = mapping.remap(n * pageSize, { to });
         assert.equal(moved.start, to);
         await waitFor(() => server.address === to);

@@ -287,7 +287,6 @@ export class FaultServer {
   #toPopulate: Array<[number, number]> = [];
   #populated = 0;
   #exited: Promise<void>;
-  #exitWatched = false;
   #onClose: "poison" | "zero" | undefined;
 
   /** Creates the descriptor and mapping and starts the Worker; await {@link ready} (or use {@link start}). */
@@ -780,10 +779,15 @@ export class FaultServer {
       const keep = setInterval(() => {}, 1 << 30);
       void this.#exited.then(() => clearInterval(keep));
     }
-    // A remote descriptor opened without POISON cannot: the other process then reads never-placed
-    // pages as zeros once the descriptor is closed (keep the server running while it runs).
-    if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
-    this.#release();
+    try {
+      // A remote descriptor opened without POISON cannot: the other process then reads never-placed
+      // pages as zeros once the descriptor is closed (keep the server running while it runs).
+      if (this.#onClose === "poison" && this.uffd.has("POISON")) this.#poisonEmpty();
+    } finally {
+      // Released even when poisoning failed: a descriptor left open with no thread reading its
+      // events would block the next munmap of the range (UNMAP waits for its reader) forever.
+      this.#release();
+    }
   }
 
   /** Poisons every never-placed page of a caller-owned mapping or remote regions (runs of pages, one ioctl each). */
@@ -850,12 +854,6 @@ export class FaultServer {
 
   /** Resolves once every server thread (serving and standby) has exited (after {@link close}). */
   get exited(): Promise<void> {
-    if (NODE && this.#closed && !this.#exitWatched) {
-      // Node: nothing else keeps the event loop alive for unref'd threads that are ending.
-      this.#exitWatched = true;
-      const keep = setInterval(() => {}, 1 << 30);
-      void this.#exited.then(() => clearInterval(keep));
-    }
     return this.#exited;
   }
 

@@ -2,28 +2,32 @@
 // the test's own thread never touches such memory, so a fault that nobody resolves fails the one
 // test that made it, saying what it touched, instead of hanging the whole suite.
 //
-// On a deadline the touched pages are sealed (mseal(2), Linux 6.10+) before the error is thrown:
-// the test's cleanup then cannot unmap them under the Worker, which would otherwise wake up (when
-// the userfaultfd closes) on unmapped memory and take the process down with SIGSEGV. The sealed
-// pages stay mapped until the process exits. (A page poisoned at the same address still kills it.)
-import { libc } from "../../ffi/mod.ts";
+// On a deadline the touched pages are taken away from the userfaultfd before the error is thrown
+// (see sealStuck): the stuck Worker must not wake up later, when the test's cleanup closes the
+// descriptor or poisons never-placed pages, on unmapped memory (SIGSEGV) or on a poisoned page
+// (SIGBUS), either of which would take the whole test process down with it.
 import { pageSize } from "../../mod.ts";
 
 /** The default deadline of one access. */
 export const PEEK_TIMEOUT_MS = 5000;
 
-const SYS_mseal = 462;
-
 /**
- * Seals the pages of `[addr, addr+len)` (mseal(2)) so nothing unmaps them while a Worker is stuck in
- * a fault there: when that fault is finally released (its userfaultfd closed) the Worker's access
- * completes on mapped memory instead of raising SIGSEGV in the whole process. Best effort: kernels
- * before 6.10 have no mseal.
+ * For a Worker stuck in a fault on `[addr, addr+len)` that nobody resolved (the test failed): replaces
+ * those pages with fresh anonymous memory, no longer registered, and seals them (mseal(2)), from
+ * another Worker, waiting for it at most `ms`. When the stuck fault is released (its descriptor
+ * closed) the access completes on that memory; nothing can poison or unmap it first. The pages stay
+ * mapped until the process exits. Best effort (mseal needs Linux 6.10).
  */
-export function sealStuck(addr: number, len: number): void {
-  const a = addr - (addr % pageSize);
-  const end = Math.ceil((addr + Math.max(len, 1)) / pageSize) * pageSize;
-  libc.syscall(SYS_mseal, a, end - a, 0);
+export function sealStuck(addr: number, len: number, ms = 1000): void {
+  const ctrl = new SharedArrayBuffer(4);
+  const state = new Int32Array(ctrl);
+  const w = new Worker(new URL("./rescue_worker.ts", import.meta.url), { type: "module" });
+  w.postMessage({ addr, len, ctrl });
+  const deadline = Date.now() + ms;
+  while (Atomics.load(state, 0) === 0 && Date.now() < deadline) {
+    Atomics.wait(state, 0, 0, Math.max(1, deadline - Date.now()));
+  }
+  w.terminate();
 }
 
 /** A Worker that reads and writes memory for the test thread; `close()` it (or `using`). */
