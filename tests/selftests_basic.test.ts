@@ -6,9 +6,9 @@ import assert from "node:assert/strict";
 import { type FeatureName, ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
 import {
   areaPages,
+  caseSkipReason,
   fillPatterns,
   MEM_TYPES,
-  memSkipReason,
   type MemType,
   pmdPageSize,
   readProcFile,
@@ -63,7 +63,7 @@ const REGISTER_FEATURES: FeatureName[] = [
 describe("selftests: register-ioctls", () => {
   for (const mt of MEM_TYPES) {
     const name = `${mt}/register-ioctls`;
-    it(name, { timeout: 20000, ...skipOpt(name, memSkipReason(mt, 2)) }, (t) => {
+    it(name, { timeout: 20000, ...skipOpt(name, caseSkipReason("register-ioctls", mt)) }, (t) => {
       const n = areaPages(mt);
       if (typeof n === "string") return t.skip(n);
       const area = tryAllocArea(mt, n, false);
@@ -120,7 +120,7 @@ describe("selftests: register-ioctls", () => {
 describe("selftests: zeropage", () => {
   for (const mt of MEM_TYPES) {
     const name = `${mt}/zeropage`;
-    it(name, { timeout: 20000, ...skipOpt(name, memSkipReason(mt, 2)) }, async (t) => {
+    it(name, { timeout: 20000, ...skipOpt(name, caseSkipReason("zeropage", mt)) }, async (t) => {
       const n = areaPages(mt);
       if (typeof n === "string") return t.skip(n);
       const area = tryAllocArea(mt, n);
@@ -257,7 +257,7 @@ async function moveTest(test: MoveTest): Promise<void> {
 describe("selftests: move", () => {
   for (const test of ["move", "move-pmd", "move-pmd-split"] as const) {
     const name = `anon/${test}`;
-    const reason = test === "move" ? undefined : thpSkipReason();
+    const reason = caseSkipReason(test, "anon") ?? (test === "move" ? undefined : thpSkipReason());
     it(name, { timeout: 30000, ...skipOpt(name, reason) }, () => moveTest(test));
   }
 });
@@ -272,7 +272,7 @@ function zeroedArgs(size: number, field: number): Uint8Array {
 describe("selftests: mmap-changing", () => {
   const mt: MemType = "shmem";
   const name = `${mt}/mmap-changing`;
-  it(name, { timeout: 20000 }, async () => {
+  it(name, { timeout: 20000, ...skipOpt(name, caseSkipReason("mmap-changing", mt)) }, async () => {
     const n = areaPages(mt) as number;
     const area = tryAllocArea(mt, n);
     if (typeof area === "string") throw new Error(area);

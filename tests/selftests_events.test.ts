@@ -14,10 +14,10 @@ import { EventBuffer, type FeatureName, Mapping, UFFD_EVENT, UffdError, Userfaul
 import {
   areaPages,
   buildFixture,
+  caseSkipReason,
   fillPatterns,
   isHugetlb,
   MEM_TYPES,
-  memSkipReason,
   type MemType,
   pageSizeOf,
   releaseAdvice,
@@ -284,7 +284,7 @@ for (const wp of [false, true]) {
   describe(`selftests: ${scenario}`, () => {
     for (const mt of MEM_TYPES) {
       const name = `${mt}/${scenario}`;
-      it(name, { timeout: 60000, ...skipOpt(name, memSkipReason(mt, 2)) }, async (t) => {
+      it(name, { timeout: 60000, ...skipOpt(name, caseSkipReason(scenario, mt)) }, async (t) => {
         const n = areaPages(mt);
         if (typeof n === "string") return t.skip(n);
         const noMemory = await eventsInProcess(mt, wp, n);

@@ -15,10 +15,10 @@ import { C, FORK_SIGBUS, ProcFixture, Q } from "./helpers/selftest_fork.ts";
 import {
   areaPages,
   buildFixture,
+  caseSkipReason,
   fillPatterns,
   isHugetlb,
   MEM_TYPES,
-  memSkipReason,
   type MemType,
   pageSizeOf,
   parseKv,
@@ -121,7 +121,7 @@ for (const wp of [false, true]) {
   describe(`selftests: ${scenario}`, () => {
     for (const mt of MEM_TYPES) {
       const name = `${mt}/${scenario}`;
-      it(name, { timeout: 60000, ...skipOpt(name, memSkipReason(mt, 2)) }, async (t) => {
+      it(name, { timeout: 60000, ...skipOpt(name, caseSkipReason(scenario, mt)) }, async (t) => {
         const n = areaPages(mt);
         if (typeof n === "string") return t.skip(n);
         const skipped = await sigbusKernelLeg(mt, wp, n);
@@ -230,7 +230,7 @@ async function poisonKernelLeg(mt: MemType, n: number): Promise<string | undefin
 describe("selftests: poison", () => {
   for (const mt of MEM_TYPES) {
     const name = `${mt}/poison`;
-    it(name, { timeout: 60000, ...skipOpt(name, memSkipReason(mt, POISON_PAGES)) }, async (t) => {
+    it(name, { timeout: 60000, ...skipOpt(name, caseSkipReason("poison", mt, POISON_PAGES)) }, async (t) => {
       const n = areaPages(mt, POISON_PAGES);
       if (typeof n === "string") return t.skip(n);
       const skipped = await poisonKernelLeg(mt, n);

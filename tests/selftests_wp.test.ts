@@ -16,8 +16,8 @@ import { Toucher, within } from "./helpers/toucher.ts";
 import {
   areaPages,
   buildFixture,
+  caseSkipReason,
   MEM_TYPES,
-  memSkipReason,
   type MemType,
   pagemapEntryOf,
   pagemapWp,
@@ -34,7 +34,7 @@ import { SelftestWorker, serveWhile } from "./helpers/selftest_worker_client.ts"
 
 describe("selftests: wp-unpopulated", () => {
   const name = "anon/wp-unpopulated";
-  it(name, { timeout: 20000 }, async () => {
+  it(name, { timeout: 20000, ...skipOpt(name, caseSkipReason("wp-unpopulated", "anon")) }, async () => {
     const area = tryAllocArea("anon", areaPages("anon") as number);
     if (typeof area === "string") throw new Error(area);
     using _a = { [Symbol.dispose]: () => area.close() };
@@ -207,10 +207,10 @@ async function wpForkTest(mt: MemType, withEvent: boolean, pin: boolean): Promis
     assert.equal(wp(), false, "fault-in after unprotect");
     assert.equal(p.call(C.READ, 0, 0, 0, "read")[1], 2);
     uffd.unregister(registered);
+    p.send(C.EXIT);
     return undefined;
   } finally {
     for (const c of children) c.close();
-    if (!p.fx.exited) p.send(C.EXIT);
     await p.close();
   }
 }
@@ -223,7 +223,7 @@ for (const pin of [false, true]) {
         const name = `${mt}/${scenario}`;
         const reason = "skip" in processFixture
           ? processFixture.skip
-          : (pin ? gupTestSkipReason() : undefined) ?? memSkipReason(mt, 2);
+          : caseSkipReason(scenario, mt) ?? (pin ? gupTestSkipReason() : undefined);
         it(name, { timeout: 20000, ...skipOpt(name, reason) }, async (t) => {
           const skipped = await wpForkTest(mt, withEvent, pin);
           if (skipped) {
@@ -386,7 +386,7 @@ for (const test of ["minor", "minor-wp", "minor-collapse"] as const) {
       const name = `${mt}/${test}`;
       const reason = test === "minor-collapse" && pmdPageSize() === 0
         ? "no transparent huge pages (hpage_pmd_size unreadable)"
-        : memSkipReason(mt, 2);
+        : caseSkipReason(test, mt);
       it(name, { timeout: 60000, ...skipOpt(name, reason) }, async (t) => {
         const skipped = await minorTest(mt, test);
         if (skipped) {

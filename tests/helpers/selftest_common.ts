@@ -5,7 +5,16 @@ import { spawnSync } from "node:child_process";
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { freeHugePages, hugePageSize, Mapping, PagemapScanner, pageSize, UffdError } from "../../mod.ts";
+import {
+  type FeatureName,
+  freeHugePages,
+  hugePageSize,
+  Mapping,
+  PagemapScanner,
+  pageSize,
+  UffdError,
+  Userfaultfd,
+} from "../../mod.ts";
 import { libc } from "../../ffi/mod.ts";
 
 /**
@@ -75,6 +84,47 @@ export function memSkipReason(mt: MemType, hugePages: number): string | undefine
       " (reserve some: echo 16 > /proc/sys/vm/nr_hugepages)";
   }
   return undefined;
+}
+
+/** `uffd_feature_required` of each test in the kernel's `uffd_tests[]`. */
+export const KERNEL_FEATURES: Readonly<Record<string, readonly FeatureName[]>> = {
+  "register-ioctls": [
+    "MISSING_HUGETLBFS",
+    "MISSING_SHMEM",
+    "PAGEFAULT_FLAG_WP",
+    "WP_HUGETLBFS_SHMEM",
+    "MINOR_HUGETLBFS",
+    "MINOR_SHMEM",
+  ],
+  "zeropage": [],
+  "move": ["MOVE"],
+  "move-pmd": ["MOVE"],
+  "move-pmd-split": ["MOVE"],
+  "wp-fork": ["PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM"],
+  "wp-fork-with-event": ["PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM", "EVENT_FORK"],
+  "wp-fork-pin": ["PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM"],
+  "wp-fork-pin-with-event": ["PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM", "EVENT_FORK"],
+  "wp-unpopulated": ["PAGEFAULT_FLAG_WP", "WP_UNPOPULATED"],
+  "minor": ["MINOR_HUGETLBFS", "MINOR_SHMEM"],
+  "minor-wp": ["MINOR_HUGETLBFS", "MINOR_SHMEM", "PAGEFAULT_FLAG_WP", "WP_UNPOPULATED"],
+  "minor-collapse": ["MINOR_SHMEM"],
+  "sigbus": ["SIGBUS", "EVENT_FORK"],
+  "sigbus-wp": ["SIGBUS", "EVENT_FORK", "PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM"],
+  "events": ["EVENT_FORK", "EVENT_REMAP", "EVENT_REMOVE"],
+  "events-wp": ["EVENT_FORK", "EVENT_REMAP", "EVENT_REMOVE", "PAGEFAULT_FLAG_WP", "WP_HUGETLBFS_SHMEM"],
+  "poison": ["POISON"],
+  "mmap-changing": ["EVENT_REMOVE", "MOVE", "POISON", "MINOR_SHMEM"],
+};
+
+/**
+ * Why `test` cannot run on `mt` here, or undefined: the kernel's "feature missing" (its required
+ * features, Userfaultfd.probe()) or too few free huge pages (`hugePages`).
+ */
+export function caseSkipReason(test: string, mt: MemType, hugePages = 2): string | undefined {
+  const have = Userfaultfd.probe().features;
+  const missing = (KERNEL_FEATURES[test] ?? []).filter((f) => !have.includes(f));
+  if (missing.length) return `feature missing: this kernel lacks ${missing.join(", ")}`;
+  return memSkipReason(mt, hugePages);
 }
 
 /** `{ skip }` option for node:test, printing the reason once when skipping. */

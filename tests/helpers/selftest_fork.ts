@@ -217,6 +217,7 @@ export class ProcFixture {
     const mask = features.reduce((m, f) => m + featureBit(f), 0);
     const fx = new ForkFixture(path, [mt, String(ps), String(pages), mask.toString(16)]);
     const fds: number[] = [];
+    let started: ProcFixture | undefined;
     try {
       const kv = await fx.waitFor("ready", 10000);
       if (mt.startsWith("hugetlb") && /^mmap.*Cannot allocate memory/.test(kv.error ?? "")) {
@@ -235,16 +236,18 @@ export class ProcFixture {
         fds[1],
         fds[2],
       );
-      fds.length = 0;
-      const ok = p.call(C.HELLO, 0, 0, 0, "hello");
-      assert.equal(ok[0], Q.OK);
+      fds.length = 0; // p owns them now
+      try {
+        assert.equal(p.call(C.HELLO, 0, 0, 0, "hello")[0], Q.OK);
+      } catch (e) {
+        await p.close();
+        throw e;
+      }
+      started = p;
       return p;
     } finally {
-      if (fds.length) {
+      if (!started) {
         for (const fd of fds) libc.close(fd);
-        fx.kill();
-        await fx.wait(5000);
-      } else if (!fx.exited && fx.kv.ready !== "1") {
         fx.kill();
         await fx.wait(5000);
       }
