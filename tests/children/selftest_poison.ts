@@ -3,7 +3,7 @@
 // even ones; touching a poisoned page kills the process with SIGBUS, which the parent asserts.
 // (uffd_poison_test catches each SIGBUS with siglongjmp; JavaScript cannot, so one run ends at
 // the first poisoned page.)
-// Usage: selftest_poison.ts anon|shmem|hugetlb <pages> <i,j,...>
+// Usage: selftest_poison.ts <mem type: anon|shmem|shmem-private|hugetlb|hugetlb-private> <pages> <i,j,...>
 import { writeSync } from "node:fs";
 import process from "node:process";
 import { Mapping, Userfaultfd } from "../../mod.ts";

@@ -1,7 +1,7 @@
 // Child process of the sigbus/sigbus-wp ports (tests/selftests_signals.test.ts). A SIGBUS from
 // UFFD_FEATURE_SIGBUS kills a JavaScript process (no siglongjmp), so each fault that the
 // kernel test catches and survives is one run of this script, asserted by the parent.
-// Usage: selftest_sigbus.ts anon|shmem|hugetlb 0|1 missing|copy|unprotect|released
+// Usage: selftest_sigbus.ts <mem type: anon|shmem|shmem-private|hugetlb|hugetlb-private> 0|1 missing|copy|unprotect|released
 import { writeSync } from "node:fs";
 import process from "node:process";
 import { type FeatureName, Mapping, Userfaultfd } from "../../mod.ts";

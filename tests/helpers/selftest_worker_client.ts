@@ -1,4 +1,6 @@
 // Main-thread side of tests/helpers/selftest_worker.ts.
+import type { UffdEvent, Userfaultfd } from "../../mod.ts";
+import { EventBuffer, UFFD_EVENT } from "../../mod.ts";
 import type { WorkerReply, WorkerRequest } from "./selftest_worker.ts";
 
 /** A selftest Worker; replies are queued and taken in order with {@link next}. */
@@ -6,6 +8,8 @@ export class SelftestWorker {
   #worker: Worker;
   #replies: WorkerReply[] = [];
   #waiters: ((r: WorkerReply) => void)[] = [];
+  /** Raised by the worker (Atomics) when its current request is done, before it replies. */
+  readonly done: Int32Array = new Int32Array(new SharedArrayBuffer(4));
 
   constructor() {
     this.#worker = new Worker(new URL("./selftest_worker.ts", import.meta.url), { type: "module" });
@@ -16,9 +20,15 @@ export class SelftestWorker {
     };
   }
 
-  /** Sends a request. */
+  /** Sends a request (and lowers the done flag). */
   send(req: WorkerRequest): void {
-    this.#worker.postMessage(req);
+    Atomics.store(this.done, 0, 0);
+    this.#worker.postMessage({ req, done: this.done });
+  }
+
+  /** Whether the current request is done (its reply may still be on its way). */
+  get finished(): boolean {
+    return Atomics.load(this.done, 0) === 1;
   }
 
   /** The next reply, or a rejection after `ms`. */
@@ -43,5 +53,40 @@ export class SelftestWorker {
   /** Terminates the Worker (only once it is not blocked in a fault). */
   close(): void {
     this.#worker.terminate();
+  }
+}
+
+/** Handles one pagefault message: its flags and address (EventBuffer's allocation-free reads). */
+export type FaultHandler = (flags: number, address: number) => void;
+
+/**
+ * uffd_poll_thread() on the test's thread while `worker` runs a request: reads messages (in
+ * batches, without an object per fault) and hands each pagefault to `handle` until the worker
+ * is done and nothing is pending. Any other event fails unless `other` takes it. Throws after
+ * `ms` (the caller's finally then closes the descriptor, which releases the worker).
+ */
+export function serveWhile(
+  uffd: Userfaultfd,
+  worker: SelftestWorker,
+  ms: number,
+  handle: FaultHandler,
+  other?: (ev: UffdEvent) => void,
+): number {
+  const buf = new EventBuffer(64);
+  const deadline = Date.now() + ms;
+  let faults = 0;
+  for (;;) {
+    const n = uffd.readEvents(buf, { timeout: 5 });
+    for (let i = 0; i < n; i++) {
+      if (buf.code(i) === UFFD_EVENT.PAGEFAULT) {
+        handle(buf.pagefaultFlags(i), buf.pagefaultAddress(i));
+        faults++;
+      } else if (other) other(buf.event(i));
+      else throw new Error(`unexpected event ${JSON.stringify(buf.event(i))}`);
+    }
+    if (n === 0 && worker.finished) return faults;
+    if (Date.now() > deadline) {
+      throw new Error(`the worker was not done within ${ms} ms (${faults} faults served)`);
+    }
   }
 }
