@@ -461,7 +461,7 @@ async function remoteThreads4(name: string, npages: number, data: Uint8Array, ki
   const extra = await handler.close();
   const r = (x: number): number => Number((x / npages).toFixed(4));
   report(name, npages, seconds, {
-    handler: libc.runtime,
+    handler: kind === "min" ? `${libc.runtime} (minimal loop)` : libc.runtime,
     toucher: "c",
     faults: st.faults - s0.faults,
     reads: st.reads - s0.reads,
@@ -771,6 +771,8 @@ async function main(): Promise<void> {
       return await threads4(name, npages, src, data);
     case "remote-threads-4":
       return await remoteThreads4(name, npages, data, handlerKind);
+    case "remote-min-4":
+      return await remoteThreads4(name, npages, data, "min");
     case "remote-workers-4":
       return await remoteWorkers4(name, npages, src);
     case "zero-fill":

@@ -15,7 +15,7 @@
 // use two more roles of this binary, which bench/ts_scenarios.ts starts as well:
 //   handler touch-remote <socket> <pages> <warm-up pages> <threads>   the toucher process
 //   handler serve-remote <socket> <pages>                             the handler process
-// and `handler remote-threads-4|remote-workers-4 [pages] [warm-up]` is both in C: a handler
+// and `handler remote-threads-4|remote-min-4|remote-workers-4 [pages] [warm-up]` is both in C: a handler
 // process that starts `touch-remote` as its child (see "two processes" below for the protocol).
 #define _GNU_SOURCE
 #include <errno.h>
@@ -714,7 +714,7 @@ int main(int argc, char **argv) {
   if (argc < 2) {
     fprintf(stderr,
             "usage: handler <seq-copy-4k|rand-copy-4k|seq-copy-64k|seq-adaptive|move|continue|zeropage|"
-            "wp-roundtrip|threads-4|zero-fill|memcpy-4k|remote-threads-4|remote-workers-4> [pages] [warm-up pages]\n");
+            "wp-roundtrip|threads-4|zero-fill|memcpy-4k|remote-threads-4|remote-min-4|remote-workers-4> [pages] [warm-up pages]\n");
     return 1;
   }
   const char *sc = argv[1];
@@ -727,7 +727,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "handler: pages must be a positive multiple of 16\n");
     return 1;
   }
-  if (!strcmp(sc, "remote-threads-4") || !strcmp(sc, "remote-workers-4")) {
+  if (!strcmp(sc, "remote-threads-4") || !strcmp(sc, "remote-min-4") || !strcmp(sc, "remote-workers-4")) {
     return remote_scenario(sc, npages, warmup_pages);
   }
 
