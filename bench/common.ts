@@ -54,9 +54,23 @@ export const SCENARIOS = [
   "zeropage",
   "wp-roundtrip",
   "threads-4",
+  "remote-threads-4",
+  "remote-min-4",
+  "remote-workers-4",
   "zero-fill",
   "memcpy-4k",
 ] as const;
+
+/**
+ * The two-process variants of threads-4 (toucher and handler in different processes, the uffd
+ * passed over a Unix socket), which take threads-4 apart: in `remote-threads-4` the touchers are
+ * always a C process's 4 pthreads and the handler is C or the runtime's FaultServer (the handler's
+ * cost alone); in `remote-workers-4` the handler is always the C one and the touchers are C
+ * pthreads or the runtime's 4 Workers (the touchers' cost alone); `remote-min-4` is remote-threads-4 with
+ * the least a JavaScript handler can do (bench/ts_min_handler.ts) in place of the FaultServer (the
+ * runtime's own cost: its thread and FFI calls). Diagnostics, not targets.
+ */
+export const TWO_PROCESS = ["remote-threads-4", "remote-min-4", "remote-workers-4"] as const;
 
 /** A scenario name. */
 export type Scenario = typeof SCENARIOS[number];

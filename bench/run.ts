@@ -1,11 +1,12 @@
 /**
  * The fault-server benchmark: the C handler (bench/native/handler.c) against the same
- * scenarios with this library under Deno and Bun, interleaved (C, deno, bun, C, ...),
- * pinned to one CPU and unpinned.
+ * scenarios with this library under Deno, Bun and Node, interleaved (C, deno, bun, node, C, ...),
+ * pinned to one CPU and unpinned. Node runs the compiled tree (`node scripts/build.mjs --tests`
+ * builds .node/, which this does first).
  *
  *   deno run -A bench/run.ts [--quick] [--scenarios a,b] [--rounds N] [--pages N] [--warmup N]
  *                            [--no-unpinned] [--no-pinned] [--no-heap | --heap] [--heap-faults N]
- *                            [--unpinned-pages N]
+ *                            [--unpinned-pages N] [--impls c,deno,bun,node]
  *
  * Prints a table per pinning and, as the LAST line, one JSON object with every result.
  * @module
@@ -14,14 +15,18 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
-import { SCENARIOS } from "./common.ts";
+import { SCENARIOS, TWO_PROCESS } from "./common.ts";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const HANDLER = "bench/native/build/handler";
-const IMPLS = ["c", "deno", "bun"] as const;
+const IMPLS = ["c", "deno", "bun", "node"] as const;
 type Impl = typeof IMPLS[number];
-/** Scenarios that compare the library with C (the rest are references). */
-const SAME_DESIGN = SCENARIOS.filter((s) => s !== "zero-fill" && s !== "memcpy-4k");
+/** The runtimes (every impl but C). */
+const RUNTIMES = ["deno", "bun", "node"] as const;
+/** Scenarios that compare the library with C (the rest are references and two-process diagnostics). */
+const SAME_DESIGN = SCENARIOS.filter(
+  (s) => s !== "zero-fill" && s !== "memcpy-4k" && !(TWO_PROCESS as readonly string[]).includes(s),
+);
 
 interface Options {
   quick: boolean;
@@ -33,6 +38,7 @@ interface Options {
   warmup: number;
   heap: boolean;
   heapFaults: number;
+  impls: Impl[];
 }
 
 function parseArgs(argv: string[]): Options {
@@ -47,6 +53,13 @@ function parseArgs(argv: string[]): Options {
       throw new Error(`unknown scenario ${s}; known: ${SCENARIOS.join(", ")}`);
     }
   }
+  const impls = (value("--impls")?.split(",").map((s) => s.trim()).filter(Boolean) ?? [...IMPLS]) as Impl[];
+  for (const i of impls) {
+    if (!(IMPLS as readonly string[]).includes(i)) {
+      throw new Error(`unknown impl ${i}; known: ${IMPLS.join(", ")}`);
+    }
+  }
+  if (!impls.includes("c")) impls.unshift("c"); // the ratios need it
   const pinnings = [
     ...(argv.includes("--no-pinned") ? [] : [true]),
     ...(argv.includes("--no-unpinned") ? [] : [false]),
@@ -62,6 +75,7 @@ function parseArgs(argv: string[]): Options {
     pinnings,
     heap: !argv.includes("--no-heap") && (value("--scenarios") === undefined || argv.includes("--heap")),
     heapFaults: Number(value("--heap-faults") ?? (quick ? 100_000 : 1_000_000)),
+    impls,
   };
 }
 
@@ -88,7 +102,9 @@ function command(
     ? [HANDLER, scenario, String(pages), String(warmup)]
     : impl === "deno"
     ? ["node_modules/.bin/deno", "run", "-A", "bench/ts_scenarios.ts", ...args]
-    : ["node_modules/.bin/bun", "run", "bench/ts_scenarios.ts", ...args];
+    : impl === "bun"
+    ? ["node_modules/.bin/bun", "run", "bench/ts_scenarios.ts", ...args]
+    : ["node", ".node/bench/ts_scenarios.js", ...args];
   return pinned ? ["taskset", "-c", "0", ...cmd] : cmd;
 }
 
@@ -128,6 +144,8 @@ interface Row {
   cpuRatioToC: number | null;
   faultSec: number[];
   last?: RunResult;
+  /** Every run's result (for the two-process CPU split). */
+  all?: RunResult[];
 }
 
 function machine(): Record<string, string> {
@@ -147,6 +165,8 @@ function machine(): Record<string, string> {
     date: new Date().toISOString(),
     deno: sh("node_modules/.bin/deno", ["--version"]).split("\n")[0],
     bun: sh("node_modules/.bin/bun", ["--version"]),
+    node: sh("node", ["--version"]),
+    koffi: JSON.parse(readFileSync(`${root}/node_modules/koffi/package.json`, "utf8")).version,
     cc: sh("cc", ["--version"]).split("\n")[0],
     commit: sh("git", ["rev-parse", "--short", "HEAD"]) + (dirty ? "+dirty(src)" : ""),
     load: readFileSync("/proc/loadavg", "utf8").trim(),
@@ -194,6 +214,77 @@ function table(rows: Row[], pinned: boolean): string {
     .concat(body.map(line)).join("\n");
 }
 
+/** Renders a markdown table: the first `left` columns left-aligned, the rest right-aligned. */
+function markdown(head: string[], body: string[][], left: number): string {
+  const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
+  const line = (cells: string[]): string =>
+    "| " + cells.map((c, i) => (i < left ? c.padEnd(w[i]) : c.padStart(w[i]))).join(" | ") + " |";
+  const rule = "|" + w.map((n, i) => "-".repeat(n + 1) + (i < left ? "-" : ":")).join("|") + "|";
+  return [line(head), rule, ...body.map(line)].join("\n");
+}
+
+/** One row per scenario: every impl's median side by side, then each runtime's ratio to C (wall, CPU). */
+function summary(rows: Row[], pinned: boolean, impls: Impl[]): string {
+  const name = (i: Impl): string => (i === "c" ? "C" : i[0].toUpperCase() + i.slice(1));
+  const rts = impls.filter((i) => i !== "c");
+  const head = [
+    "scenario",
+    ...impls.map((i) => `${name(i)} us/page`),
+    ...rts.map((i) => `${name(i)}/C`),
+    ...rts.map((i) => `${name(i)}/C cpu`),
+  ];
+  const scenarios = [...new Set(rows.filter((r) => r.pinned === pinned).map((r) => r.scenario))];
+  const body = scenarios.map((sc) => {
+    const get = (i: Impl): Row | undefined =>
+      rows.find((r) => r.scenario === sc && r.impl === i && r.pinned === pinned);
+    const ratio = (x: number | null | undefined): string => (x === null || x === undefined ? "-" : fmt(x));
+    return [
+      sc,
+      ...impls.map((i) => fmt(get(i)?.median ?? NaN)),
+      ...rts.map((i) => ratio(get(i)?.ratioToC)),
+      ...rts.map((i) => ratio(get(i)?.cpuRatioToC)),
+    ];
+  });
+  return markdown(head, body, 1);
+}
+
+/** The two-process scenarios' CPU split: the handler's process and the toucher's (medians). */
+function twoProcessTable(rows: Row[], pinned: boolean): string {
+  const body: string[][] = [];
+  for (const r of rows) {
+    if (r.pinned !== pinned || !(TWO_PROCESS as readonly string[]).includes(r.scenario) || !r.last) continue;
+    const all = r.all ?? [];
+    const med = (k: string): string => {
+      const xs = all.map((x) => x[k]).filter((x): x is number => typeof x === "number");
+      return xs.length ? fmt(median(xs)) : "-";
+    };
+    body.push([
+      r.scenario,
+      r.impl,
+      String(r.last.handler ?? "-"),
+      String(r.last.toucher ?? "-"),
+      fmt(r.median),
+      med("handlerCpuUsPerPage"),
+      med("toucherCpuUsPerPage"),
+      fmt(r.cpuMedian),
+      r.ratioToC === null ? "" : fmt(r.ratioToC),
+    ]);
+  }
+  if (body.length === 0) return "";
+  const head = [
+    "scenario",
+    "impl",
+    "handler",
+    "toucher",
+    "median us/page",
+    "handler cpu us/page",
+    "toucher cpu us/page",
+    "cpu us/page",
+    "TS/C",
+  ];
+  return markdown(head, body, 4);
+}
+
 function main(): void {
   const opt = parseArgs(process.argv.slice(2));
   const started = performance.now();
@@ -204,6 +295,13 @@ function main(): void {
     cwd: root,
     stdio: "inherit",
   });
+  if (opt.impls.includes("node")) {
+    console.error("building .node/ (node scripts/build.mjs --tests)");
+    execFileSync("node", ["scripts/build.mjs", "--tests"], {
+      cwd: root,
+      stdio: ["ignore", "ignore", "inherit"],
+    });
+  }
 
   const rows: Row[] = [];
   const get = (scenario: string, impl: Impl, pinned: boolean): Row => {
@@ -231,12 +329,12 @@ function main(): void {
     return r;
   };
 
-  const total = opt.scenarios.length * opt.rounds * opt.pinnings.length * IMPLS.length;
+  const total = opt.scenarios.length * opt.rounds * opt.pinnings.length * opt.impls.length;
   let done = 0;
   for (const scenario of opt.scenarios) {
     for (let round = 0; round < opt.rounds; round++) {
       for (const pinned of opt.pinnings) {
-        for (const impl of IMPLS) {
+        for (const impl of opt.impls) {
           const pages = pinned ? opt.pages : opt.unpinnedPages;
           const res = runOnce(command(impl, scenario, pages, Math.min(opt.warmup, pages), pinned));
           const row = get(scenario, impl, pinned);
@@ -250,6 +348,7 @@ function main(): void {
           }
           row.runs.push(res.usPerPage);
           row.last = res;
+          (row.all ??= []).push(res);
           const faults = typeof res.faults === "number" ? res.faults : res.pages;
           row.faultSec.push(faults / res.seconds);
           if (typeof res.cpuUsPerPage === "number") row.cpuRuns.push(res.cpuUsPerPage);
@@ -283,7 +382,7 @@ function main(): void {
   // Worker heap growth over ~1,000,000 faults, pinned (the fault rate is ~6x higher there).
   const heap: Record<string, unknown>[] = [];
   if (opt.heap) {
-    for (const impl of ["deno", "bun"] as const) {
+    for (const impl of RUNTIMES.filter((i) => opt.impls.includes(i))) {
       console.error(`heap ${impl}: ${opt.heapFaults} faults`);
       const res = runOnce(command(impl, "heap", opt.pages, 0, true, [`--faults=${opt.heapFaults}`]), 300_000);
       heap.push({ impl, ...res });
@@ -297,7 +396,7 @@ function main(): void {
       ratio: rows.find((r) => r.scenario === s && r.impl === impl && r.pinned)?.ratioToC ?? null,
     }));
   const targets: Record<string, unknown> = {};
-  for (const impl of ["deno", "bun"] as const) {
+  for (const impl of RUNTIMES.filter((i) => opt.impls.includes(i))) {
     const rs = pinnedRatios(impl);
     const below = rs.filter((x) => x.ratio === null || x.ratio < 0.95);
     targets[`sameDesign_${impl}`] = {
@@ -311,7 +410,7 @@ function main(): void {
     };
   }
   const zf = rows.find((r) => r.scenario === "zero-fill" && r.impl === "c" && r.pinned);
-  for (const impl of IMPLS) {
+  for (const impl of opt.impls) {
     const ad = rows.find((r) => r.scenario === "seq-adaptive" && r.impl === impl && r.pinned);
     if (zf && ad) {
       targets[`adaptive_${impl}`] = {
@@ -333,12 +432,20 @@ function main(): void {
   }
 
   console.log(
-    `uffd fault-server benchmark: ${opt.pages} pages per pinned run (${opt.unpinnedPages} unpinned), ${opt.rounds} rounds, interleaved C/deno/bun`,
+    `uffd fault-server benchmark: ${opt.pages} pages per pinned run (${opt.unpinnedPages} unpinned), ${opt.rounds} rounds, interleaved ${
+      opt.impls.join("/")
+    }`,
   );
   console.log(Object.entries(env).map(([k, v]) => `${k}: ${v}`).join("\n"));
   for (const pinned of opt.pinnings) {
     console.log(`\n${pinned ? "Pinned (taskset -c 0: toucher and handler share one CPU)" : "Unpinned"}\n`);
     console.log(table(rows, pinned));
+    console.log(`\n${pinned ? "Pinned" : "Unpinned"}, side by side (median us/page; ratios C/runtime)\n`);
+    console.log(summary(rows, pinned, opt.impls));
+    const two = twoProcessTable(rows, pinned);
+    if (two) {
+      console.log(`\n${pinned ? "Pinned" : "Unpinned"}, two processes: CPU per page by process\n\n${two}`);
+    }
   }
   if (heap.length) {
     console.log("\nWorker heap over ~1,000,000 faults (pinned):");
@@ -365,7 +472,7 @@ function main(): void {
   console.log(JSON.stringify({
     machine: env,
     options: opt,
-    results: rows.map(({ last: _last, ...r }) => ({
+    results: rows.map(({ last: _last, all: _all, ...r }) => ({
       ...r,
       median: Number(fmt(r.median, 4)),
       min: Number(fmt(r.min, 4)),

@@ -11,14 +11,22 @@
  * and reports the Worker's JS heap growth.
  * @module
  */
+import { spawn } from "node:child_process";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import process from "node:process";
+import { fileURLToPath } from "node:url";
 import {
   alignedSharedBytes,
   FaultServer,
   type FaultServerOptions,
   type FaultServerStats,
   Mapping,
+  recvMessage,
+  sendMessage,
+  UnixListener,
   Userfaultfd,
+  waitReadable,
 } from "../mod.ts";
 import { libc } from "../ffi/mod.ts";
 import {
@@ -33,6 +41,7 @@ import {
   words,
 } from "./common.ts";
 import { DONE, GO, READY, type TouchInit, type WpInit } from "./ts_workers.ts";
+import type { MinHandlerInit } from "./ts_min_handler.ts";
 
 const CLOSE_TIMEOUT_MS = 100;
 /** Warm-up: at least this many faults (same in bench/native/handler.c), in at most WARM_PASSES passes. */
@@ -203,6 +212,48 @@ function sequential(npages: number): (server: FaultServer, timer: Timer) => void
   };
 }
 
+/** Four toucher Workers over quarters of `[addr, addr + len)`, warmed up and waiting for GO. */
+async function startTouchers(addr: number, len: number, npages: number): Promise<{
+  ctrl: Int32Array;
+  finished: Promise<unknown[]>;
+  workers: Worker[];
+}> {
+  const ctrl = new Int32Array(new SharedArrayBuffer(16));
+  const workers: Worker[] = [];
+  const finished: Promise<unknown>[] = [];
+  const q = npages / 4;
+  for (let i = 0; i < 4; i++) {
+    const w = new Worker(new URL("./ts_workers.ts", import.meta.url), { type: "module" });
+    workers.push(w);
+    finished.push(
+      new Promise((res, rej) => {
+        w.onmessage = (e: MessageEvent<{ error?: string }>) =>
+          e.data.error ? rej(new Error(e.data.error)) : res(e.data);
+        w.onerror = (e: ErrorEvent) => rej(new Error(e.message));
+      }),
+    );
+    const init: TouchInit = {
+      kind: "touch",
+      addr,
+      len,
+      from: q * i,
+      to: q * (i + 1),
+      ctrl: ctrl.buffer as SharedArrayBuffer,
+    };
+    w.postMessage(init);
+  }
+  // Wait (asynchronously: the Workers need the event loop to start) until all are ready.
+  while (Atomics.load(ctrl, READY) < 4) await new Promise((r) => setTimeout(r, 1));
+  return { ctrl, finished: Promise.all(finished), workers };
+}
+
+/** Releases the touchers and blocks until all four are done (the timed part). */
+function runTouchers(ctrl: Int32Array): void {
+  Atomics.store(ctrl, GO, 1);
+  Atomics.notify(ctrl, GO);
+  waitFor(ctrl, DONE, 4);
+}
+
 async function threads4(
   name: string,
   npages: number,
@@ -215,41 +266,272 @@ async function threads4(
     src,
     { source: { kind: "bytes", data }, readahead: 1 },
     async (server, timer) => {
-      const ctrl = new Int32Array(new SharedArrayBuffer(16));
-      const workers: Worker[] = [];
-      const finished: Promise<unknown>[] = [];
-      const q = npages / 4;
-      for (let i = 0; i < 4; i++) {
-        const w = new Worker(new URL("./ts_workers.ts", import.meta.url), { type: "module" });
-        workers.push(w);
-        finished.push(
-          new Promise((res, rej) => {
-            w.onmessage = (e: MessageEvent<{ error?: string }>) =>
-              e.data.error ? rej(new Error(e.data.error)) : res(e.data);
-            w.onerror = (e: ErrorEvent) => rej(new Error(e.message));
-          }),
-        );
-        const init: TouchInit = {
-          kind: "touch",
-          addr: server.mapping.start,
-          len: server.mapping.length,
-          from: q * i,
-          to: q * (i + 1),
-          ctrl: ctrl.buffer as SharedArrayBuffer,
-        };
-        w.postMessage(init);
-      }
-      // Wait (asynchronously: the Workers need the event loop to start) until all are ready.
-      while (Atomics.load(ctrl, READY) < 4) await new Promise((r) => setTimeout(r, 1));
+      const t = await startTouchers(server.mapping.start, server.mapping.length, npages);
       timer.start();
-      Atomics.store(ctrl, GO, 1);
-      Atomics.notify(ctrl, GO);
-      waitFor(ctrl, DONE, 4);
+      runTouchers(t.ctrl);
       timer.stop();
-      await Promise.all(finished);
-      for (const w of workers) w.terminate();
+      await t.finished;
+      for (const w of t.workers) w.terminate();
     },
   );
+}
+
+// ---- two processes: the toucher registers its memory and sends the uffd to the handler ----
+// The protocol is bench/native/handler.c's ("two processes"): T -> H the uffd and u64 start,
+// u64 length; H -> T 'R'; T warms up; T -> H 'S', H -> T 'A'; the timed pass; T -> H 'E' +
+// f64 seconds, user us, sys us; H -> T 'H' + f64 faults, user us, sys us; T checks the memory
+// and closes the connection; H serves until then.
+
+/** The C handler binary that run.ts builds (bench/native/build/handler). */
+const HANDLER_BIN = fileURLToPath(new URL("./native/build/handler", import.meta.url));
+const REC = 25;
+const PROTOCOL_TIMEOUT_MS = 120_000;
+
+/** Reads exactly `n` bytes from the connection (blocking, with a deadline). */
+function recvExact(fd: number, n: number, what: string): Uint8Array {
+  const out = new Uint8Array(n);
+  let got = 0;
+  while (got < n) {
+    if (!waitReadable(fd, PROTOCOL_TIMEOUT_MS)) fail(`${what}: nothing within ${PROTOCOL_TIMEOUT_MS} ms`);
+    const m = recvMessage(fd, { maxBytes: n - got, maxFds: 0 });
+    if (m.eof) fail(`${what}: the other process closed the connection`);
+    out.set(m.bytes, got);
+    got += m.bytes.length;
+  }
+  return out;
+}
+
+function expectByte(fd: number, want: string, what: string): void {
+  const b = recvExact(fd, 1, what)[0];
+  if (b !== want.charCodeAt(0)) fail(`${what}: got ${String.fromCharCode(b)}, expected ${want}`);
+}
+
+function sendRecord(fd: number, tag: string, a: number, b: number, c: number): void {
+  const m = new Uint8Array(REC);
+  const v = new DataView(m.buffer);
+  m[0] = tag.charCodeAt(0);
+  v.setFloat64(1, a, true);
+  v.setFloat64(9, b, true);
+  v.setFloat64(17, c, true);
+  sendMessage(fd, m);
+}
+
+function recvRecord(fd: number, tag: string): [number, number, number] {
+  const m = recvExact(fd, REC, `record ${tag}`);
+  if (m[0] !== tag.charCodeAt(0)) fail(`expected record ${tag}, got ${String.fromCharCode(m[0])}`);
+  const v = new DataView(m.buffer);
+  return [v.getFloat64(1, true), v.getFloat64(9, true), v.getFloat64(17, true)];
+}
+
+/** Listens at a fresh path, starts `argv` (which connects to it), accepts its connection. */
+async function startPeer(argv: (path: string) => string[]): Promise<{
+  conn: number;
+  exited: Promise<number | null>;
+  close(): void;
+}> {
+  const path = join(tmpdir(), `uffd-bench-${process.pid}.sock`);
+  const l = UnixListener.listen(path);
+  const [cmd, ...args] = argv(path);
+  const child = spawn(cmd, args, { stdio: ["ignore", "inherit", "inherit"] });
+  const exited = new Promise<number | null>((res) => child.on("exit", (code) => res(code)));
+  try {
+    if (!waitReadable(l.fd, 10_000)) fail(`${cmd} ${args.join(" ")} did not connect within 10 s`);
+    const conn = await l.accept();
+    return {
+      conn,
+      exited,
+      close: () => {
+        libc.close(conn);
+        if (child.exitCode === null) child.kill("SIGKILL");
+      },
+    };
+  } finally {
+    l.close();
+  }
+}
+
+/** The handler of remote-threads-4 in TS: the FaultServer, or (`--handler=min`) ts_min_handler.ts. */
+interface RemoteHandler {
+  /** Faults and pages placed so far. */
+  counts(): { faults: number; placed: number; reads: number };
+  /** Stops it; extra fields of the report (not counts: those are of the timed pass, from counts()). */
+  close(): Promise<Record<string, unknown>>;
+}
+
+async function faultServerHandler(
+  data: Uint8Array,
+  uffd: Userfaultfd,
+  start: number,
+  length: number,
+): Promise<RemoteHandler> {
+  const server = await FaultServer.start({
+    source: { kind: "bytes", data },
+    remote: { uffd, start, length },
+    readahead: 1,
+    onRemove: "source",
+    closeTimeoutMs: CLOSE_TIMEOUT_MS,
+  });
+  return {
+    counts: () => {
+      const st = server.stats;
+      return { faults: st.faults, placed: st.pages, reads: st.reads };
+    },
+    close: () => {
+      const st = server.stats;
+      if (st.errors !== 0) fail(`${st.errors} errors: ${server.lastError}`);
+      const closeMs = closeTimed(server);
+      return Promise.resolve({ meanLatencyUs: Number(st.meanLatencyUs.toFixed(3)), closeMs });
+    },
+  };
+}
+
+async function minHandler(
+  data: Uint8Array,
+  uffd: Userfaultfd,
+  start: number,
+  length: number,
+): Promise<RemoteHandler> {
+  const counters = new Int32Array(new SharedArrayBuffer(16));
+  const stopFd = libc.syscall(290, /* eventfd2 */ 0, 0o2000000 /* EFD_CLOEXEC */);
+  if (stopFd < 0) fail(`eventfd2: errno ${libc.errno()}`);
+  const w = new Worker(new URL("./ts_min_handler.ts", import.meta.url), { type: "module" });
+  const done = new Promise((res, rej) => {
+    w.onmessage = (e: MessageEvent<{ error?: string }>) =>
+      e.data.error ? rej(new Error(e.data.error)) : res(e.data);
+    w.onerror = (e: ErrorEvent) => rej(new Error(e.message));
+  });
+  const init: MinHandlerInit = {
+    fd: uffd.fd,
+    stopFd,
+    start,
+    src: libc.addressOf(data),
+    length,
+    counters: counters.buffer as SharedArrayBuffer,
+  };
+  w.postMessage(init);
+  while (Atomics.load(counters, 3) === 0) await new Promise((r) => setTimeout(r, 1));
+  return {
+    counts: () => ({ faults: counters[0], placed: counters[2], reads: counters[1] }),
+    close: async () => {
+      libc.write(stopFd, new Uint8Array(new BigUint64Array([1n]).buffer), 8);
+      await done;
+      w.terminate();
+      libc.close(stopFd);
+      uffd.close();
+      return { handlerLoop: "min" };
+    },
+  };
+}
+
+/** H in TS: the FaultServer serves a C process whose 4 pthreads touch (handler.c touch-remote). */
+async function remoteThreads4(name: string, npages: number, data: Uint8Array, kind: string): Promise<void> {
+  const warm = warmupPages(npages);
+  const peer = await startPeer((path) => [HANDLER_BIN, "touch-remote", path, `${npages}`, `${warm}`, "4"]);
+  const m = recvMessage(peer.conn, { maxBytes: 16, maxFds: 1 });
+  if (m.fds.length !== 1 || m.bytes.length !== 16) fail(`${name}: no uffd and region from the toucher`);
+  const region = new DataView(m.bytes.buffer, m.bytes.byteOffset, 16);
+  const start = Number(region.getBigUint64(0, true));
+  const length = Number(region.getBigUint64(8, true));
+  if (length !== npages * PS) fail(`${name}: region of ${length} bytes, expected ${npages * PS}`);
+  const uffd = Userfaultfd.fromFd(m.fds[0], ["EVENT_REMOVE"], { remote: true });
+  const handler = kind === "min"
+    ? await minHandler(data, uffd, start, length)
+    : await faultServerHandler(data, uffd, start, length);
+  sendMessage(peer.conn, new TextEncoder().encode("R"));
+  expectByte(peer.conn, "S", "waiting for S");
+  const s0 = handler.counts();
+  const before = threadTimes();
+  const cpu0 = process.cpuUsage();
+  sendMessage(peer.conn, new TextEncoder().encode("A"));
+  const [seconds, tUser, tSys] = recvRecord(peer.conn, "E");
+  const cpu = process.cpuUsage(cpu0);
+  const after = threadTimes();
+  sendRecord(peer.conn, "H", handler.counts().faults - s0.faults, cpu.user, cpu.system);
+  // Serve until the toucher has checked its memory and closed the connection.
+  while (!recvMessage(peer.conn, { maxBytes: 1, maxFds: 0 }).eof) { /* nothing else is sent */ }
+  // Read after that: the counters are updated after the ioctl that woke the toucher.
+  const st = handler.counts();
+  const code = await peer.exited;
+  peer.close();
+  if (code !== 0) fail(`${name}: the toucher exited with ${code}`);
+  if (st.placed - s0.placed !== npages) {
+    fail(`${name}: placed ${st.placed - s0.placed} pages, expected ${npages}`);
+  }
+  const extra = await handler.close();
+  const r = (x: number): number => Number((x / npages).toFixed(4));
+  report(name, npages, seconds, {
+    handler: kind === "min" ? `${libc.runtime} (minimal loop)` : libc.runtime,
+    toucher: "c",
+    ...extra,
+    faults: st.faults - s0.faults,
+    reads: st.reads - s0.reads,
+    placed: st.placed - s0.placed,
+    warmup: warm,
+    cpuUsPerPage: r(cpu.user + cpu.system + tUser + tSys),
+    userUsPerPage: r(cpu.user + tUser),
+    sysUsPerPage: r(cpu.system + tSys),
+    handlerCpuUsPerPage: r(cpu.user + cpu.system),
+    toucherCpuUsPerPage: r(tUser + tSys),
+    handlerUserUsPerPage: r(cpu.user),
+    handlerSysUsPerPage: r(cpu.system),
+    cpu: cpuPerPage(before, after, npages),
+  });
+}
+
+/** T in TS: 4 toucher Workers on this process's memory, served by the C handler (handler.c serve-remote). */
+async function remoteWorkers4(name: string, npages: number, src: Uint8Array): Promise<void> {
+  const len = npages * PS;
+  const warm = warmupPages(npages);
+  const uffd = Userfaultfd.open({ nonBlocking: true, features: ["EVENT_REMOVE"] });
+  const region = Mapping.anonymous(len);
+  uffd.register(region, { missing: true });
+  const peer = await startPeer((path) => [HANDLER_BIN, "serve-remote", path, `${npages}`]);
+  const head = new Uint8Array(16);
+  const hv = new DataView(head.buffer);
+  hv.setBigUint64(0, BigInt(region.start), true);
+  hv.setBigUint64(8, BigInt(len), true);
+  sendMessage(peer.conn, head, [uffd.fd]);
+  expectByte(peer.conn, "R", "waiting for R");
+  const mem = region.bytes();
+  // Warm-up as in-process: at least two passes and WARM_FAULTS faults (a fault a page).
+  for (let pass = 0; warm > 0 && pass < WARM_PASSES && (pass < 2 || pass * warm < WARM_FAULTS); pass++) {
+    touchRead(mem, 0, warm);
+    region.dontneed(0, Math.min(npages, warm + 64) * PS);
+  }
+  const t = await startTouchers(region.start, len, npages);
+  sendMessage(peer.conn, new TextEncoder().encode("S"));
+  expectByte(peer.conn, "A", "waiting for A");
+  const timer = new Timer();
+  timer.start();
+  runTouchers(t.ctrl);
+  timer.stop();
+  const tu = timer.usage(1);
+  sendRecord(peer.conn, "E", timer.seconds, tu.userUsPerPage, tu.sysUsPerPage);
+  const [faults, hUser, hSys] = recvRecord(peer.conn, "H");
+  await t.finished;
+  for (const w of t.workers) w.terminate();
+  verify(name, mem, src);
+  libc.close(peer.conn);
+  const code = await peer.exited;
+  peer.close();
+  if (code !== 0) fail(`${name}: the C handler exited with ${code}`);
+  uffd.close();
+  region.close();
+  const r = (x: number): number => Number((x / npages).toFixed(4));
+  report(name, npages, timer.seconds, {
+    handler: "c",
+    toucher: libc.runtime,
+    faults,
+    warmup: warm,
+    cpuUsPerPage: r(tu.cpuUsPerPage + hUser + hSys),
+    userUsPerPage: r(tu.userUsPerPage + hUser),
+    sysUsPerPage: r(tu.sysUsPerPage + hSys),
+    handlerCpuUsPerPage: r(hUser + hSys),
+    toucherCpuUsPerPage: r(tu.cpuUsPerPage),
+    handlerUserUsPerPage: r(hUser),
+    handlerSysUsPerPage: r(hSys),
+    cpu: timer.cpu(npages),
+  });
 }
 
 async function wpRoundtrip(name: string, npages: number, src: Uint8Array): Promise<void> {
@@ -393,6 +675,9 @@ async function main(): Promise<void> {
   };
   const [name, pagesArg] = args.filter((a) => !a.startsWith("--"));
   warmup = flag("warmup") ?? -1;
+  // remote-threads-4's handler: the FaultServer (default) or the minimal loop (diagnostic).
+  const handlerKind = args.find((a) => a.startsWith("--handler="))?.slice(10) ?? "server";
+  if (handlerKind !== "server" && handlerKind !== "min") fail("--handler must be server or min");
   if (!name || (!(SCENARIOS as readonly string[]).includes(name) && name !== "heap")) {
     console.error(
       `usage: ts_scenarios.ts <${SCENARIOS.join("|")}|heap> [pages] [--warmup=pages] [--faults=heap faults]`,
@@ -483,6 +768,12 @@ async function main(): Promise<void> {
       return await wpRoundtrip(name, npages, src);
     case "threads-4":
       return await threads4(name, npages, src, data);
+    case "remote-threads-4":
+      return await remoteThreads4(name, npages, data, handlerKind);
+    case "remote-min-4":
+      return await remoteThreads4(name, npages, data, "min");
+    case "remote-workers-4":
+      return await remoteWorkers4(name, npages, src);
     case "zero-fill":
       return zeroFill(name, npages);
     case "memcpy-4k":

@@ -9,6 +9,14 @@
 // Usage: handler <scenario> [pages] [warm-up pages (default: all)]
 // Prints one JSON line: {"scenario","impl":"c","pages","seconds","usPerPage",...}
 // Exits non-zero (and says why on stderr) if the checksum of the served memory is wrong.
+//
+// The two-process scenarios (remote-threads-4, remote-workers-4: the toucher and the handler are
+// different processes, the uffd passed over a Unix socket, as a VMM hands it to a restore handler)
+// use two more roles of this binary, which bench/ts_scenarios.ts starts as well:
+//   handler touch-remote <socket> <pages> <warm-up pages> <threads>   the toucher process
+//   handler serve-remote <socket> <pages>                             the handler process
+// and `handler remote-threads-4|remote-min-4|remote-workers-4 [pages] [warm-up]` is both in C: a handler
+// process that starts `touch-remote` as its child (see "two processes" below for the protocol).
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -24,7 +32,10 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -404,11 +415,306 @@ static void verify(const char *scenario, const void *mem, const void *expect, si
   }
 }
 
+// ---- two processes: the toucher registers its memory and sends the uffd to the handler ----
+//
+// Protocol on one Unix stream connection (toucher T, handler H; the same in bench/ts_scenarios.ts):
+//   T -> H  the uffd (SCM_RIGHTS, opened with EVENT_REMOVE) and 16 bytes: u64 start, u64 length
+//   H -> T  'R'  serving
+//   T          warm-up passes (touch, MADV_DONTNEED), then starts its touchers
+//   T -> H  'S'  H takes its CPU snapshot;  H -> T 'A'
+//   T          the timed pass
+//   T -> H  'E' + f64 seconds, f64 T user us, f64 T sys us (the timed pass, T's whole process)
+//   H -> T  'H' + f64 faults, f64 H user us, f64 H sys us (between 'S' and 'E', H's whole process)
+//   T          checks the memory against the pattern (exit 3 on a mismatch), closes the connection
+//   H          serves until the connection ends, then stops
+// The parent (the process the runner started) prints the JSON line.
+#define REC 25
+
+static void read_full(int fd, void *buf, size_t n, const char *what) {
+  for (size_t got = 0; got < n;) {
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      if (r == 0) errno = EPIPE;
+      die(what);
+    }
+    got += (size_t)r;
+  }
+}
+static void write_full(int fd, const void *buf, size_t n, const char *what) {
+  for (size_t put = 0; put < n;) {
+    ssize_t r = write(fd, (const char *)buf + put, n - put);
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) die(what);
+    put += (size_t)r;
+  }
+}
+static void expect_byte(int fd, char want, const char *what) {
+  char c;
+  read_full(fd, &c, 1, what);
+  if (c != want) {
+    fprintf(stderr, "handler: %s: got '%c', expected '%c'\n", what, c, want);
+    exit(2);
+  }
+}
+static void send_rec(int fd, char tag, double a, double b, double c) {
+  unsigned char m[REC];
+  m[0] = (unsigned char)tag;
+  memcpy(m + 1, &a, 8);
+  memcpy(m + 9, &b, 8);
+  memcpy(m + 17, &c, 8);
+  write_full(fd, m, REC, "sending a record");
+}
+static void recv_rec(int fd, char tag, double *a, double *b, double *c) {
+  unsigned char m[REC];
+  read_full(fd, m, REC, "receiving a record");
+  if (m[0] != (unsigned char)tag) {
+    fprintf(stderr, "handler: expected record '%c', got '%c'\n", tag, m[0]);
+    exit(2);
+  }
+  memcpy(a, m + 1, 8);
+  memcpy(b, m + 9, 8);
+  memcpy(c, m + 17, 8);
+}
+static struct sockaddr_un unix_addr(const char *path) {
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  if (strlen(path) >= sizeof sa.sun_path) {
+    fprintf(stderr, "handler: socket path too long: %s\n", path);
+    exit(1);
+  }
+  strcpy(sa.sun_path, path);
+  return sa;
+}
+static int connect_unix(const char *path) {
+  struct sockaddr_un sa = unix_addr(path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) die("socket");
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa)) die("connect");
+  return fd;
+}
+static double ru_user_us(struct rusage *a, struct rusage *b) { return tv_us(a->ru_utime, b->ru_utime); }
+static double ru_sys_us(struct rusage *a, struct rusage *b) { return tv_us(a->ru_stime, b->ru_stime); }
+
+// H: receives the uffd on `conn`, serves the region from `src` until the connection ends.
+// Fills the timed pass's figures (from T's 'E' record and this process's rusage).
+struct remote_result {
+  double seconds, t_user, t_sys, h_user, h_sys;
+  uint64_t faults, reads, placed;
+};
+static void serve_remote(int conn, char *src, size_t npages, struct remote_result *out) {
+  char data[16];
+  struct iovec iov = {.iov_base = data, .iov_len = sizeof data};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } control;
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                       .msg_controllen = sizeof control.buf};
+  ssize_t n = recvmsg(conn, &msg, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  if (n != (ssize_t)sizeof data || !c || c->cmsg_type != SCM_RIGHTS) die("receiving the uffd");
+  struct server s = {0};
+  memcpy(&s.uffd, CMSG_DATA(c), sizeof(int));
+  uint64_t start, length;
+  memcpy(&start, data, 8);
+  memcpy(&length, data + 8, 8);
+  if (length != npages * PS) {
+    fprintf(stderr, "handler: serve-remote: region of %llu bytes, expected %zu\n", (unsigned long long)length,
+            npages * PS);
+    exit(2);
+  }
+  s.base = (char *)(uintptr_t)start; // the other process's address: never dereferenced here
+  s.npages = npages;
+  s.src = src;
+  s.window = 1;
+  s.last_end = (size_t)-1;
+  s.fixed = 1;
+  s.placement = P_COPY;
+  s.pages = calloc(npages, 1);
+  s.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s.stopfd < 0) die("eventfd");
+  pthread_t handler;
+  if (pthread_create(&handler, NULL, serve, &s)) die("pthread_create");
+  write_full(conn, "R", 1, "sending R");
+  expect_byte(conn, 'S', "waiting for S");
+  struct rusage r0, r1;
+  getrusage(RUSAGE_SELF, &r0);
+  uint64_t f0 = __atomic_load_n(&s.faults, __ATOMIC_ACQUIRE), d0 = __atomic_load_n(&s.reads, __ATOMIC_ACQUIRE),
+           p0 = __atomic_load_n(&s.placed, __ATOMIC_ACQUIRE);
+  write_full(conn, "A", 1, "sending A");
+  recv_rec(conn, 'E', &out->seconds, &out->t_user, &out->t_sys);
+  getrusage(RUSAGE_SELF, &r1);
+  out->faults = __atomic_load_n(&s.faults, __ATOMIC_ACQUIRE) - f0;
+  out->reads = __atomic_load_n(&s.reads, __ATOMIC_ACQUIRE) - d0;
+  out->placed = __atomic_load_n(&s.placed, __ATOMIC_ACQUIRE) - p0;
+  out->h_user = ru_user_us(&r0, &r1);
+  out->h_sys = ru_sys_us(&r0, &r1);
+  send_rec(conn, 'H', (double)out->faults, out->h_user, out->h_sys);
+  char b;
+  while (read(conn, &b, 1) > 0) { // until T closes the connection
+  }
+  uint64_t one = 1;
+  if (write(s.stopfd, &one, 8) != 8) die("write eventfd");
+  pthread_join(handler, NULL);
+  // The counters again, now final: the handler counts a page after the ioctl that woke its toucher.
+  out->faults = s.faults - f0;
+  out->reads = s.reads - d0;
+  out->placed = s.placed - p0;
+  close(s.uffd);
+  close(s.stopfd);
+  free(s.pages);
+}
+
+// T (C): registers `npages` of anonymous memory, sends the uffd, warms up, and runs `threads`
+// pthread touchers on equal parts, timed. Exits 3 when the memory is not the pattern.
+static int touch_remote(const char *path, size_t npages, size_t warm, int threads) {
+  size_t len = npages * PS;
+  char *src = anon(len);
+  fill_pattern((uint32_t *)src, len / 4);
+  int conn = connect_unix(path);
+  int uffd = open_uffd(UFFD_FEATURE_EVENT_REMOVE);
+  char *base = anon(len);
+  register_range(uffd, base, len, UFFDIO_REGISTER_MODE_MISSING);
+  uint64_t region[2] = {(uintptr_t)base, len};
+  struct iovec iov = {.iov_base = region, .iov_len = sizeof region};
+  union {
+    struct cmsghdr align;
+    char buf[CMSG_SPACE(sizeof(int))];
+  } control;
+  memset(&control, 0, sizeof control);
+  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.buf,
+                       .msg_controllen = sizeof control.buf};
+  struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int));
+  memcpy(CMSG_DATA(c), &uffd, sizeof(int));
+  if (sendmsg(conn, &msg, MSG_NOSIGNAL) != (ssize_t)sizeof region) die("sendmsg");
+  close(uffd); // the handler has it now
+  expect_byte(conn, 'R', "waiting for R");
+  // Warm-up as in-process: at least two passes and WARM_FAULTS faults (readahead 1: a fault a page).
+  for (size_t pass = 0; warm && pass < WARM_PASSES && (pass < 2 || pass * warm < WARM_FAULTS); pass++) {
+    touch_read(base, 0, warm);
+    size_t drop = warm + MAX_WINDOW < npages ? warm + MAX_WINDOW : npages;
+    if (madvise(base, drop * PS, MADV_DONTNEED)) die("madvise");
+  }
+  pthread_barrier_t barrier;
+  pthread_barrier_init(&barrier, NULL, (unsigned)threads + 1);
+  pthread_t th[64];
+  struct quarter q[64];
+  if (threads < 1 || threads > 64) {
+    fprintf(stderr, "handler: touch-remote: 1 to 64 threads\n");
+    return 1;
+  }
+  for (int i = 0; i < threads; i++) {
+    q[i] = (struct quarter){base, npages / threads * i, npages / threads * (i + 1), &barrier};
+    if (pthread_create(&th[i], NULL, toucher, &q[i])) die("pthread_create");
+  }
+  write_full(conn, "S", 1, "sending S");
+  expect_byte(conn, 'A', "waiting for A");
+  struct rusage r0, r1;
+  getrusage(RUSAGE_SELF, &r0);
+  double t0 = now();
+  pthread_barrier_wait(&barrier); // go
+  pthread_barrier_wait(&barrier); // done
+  double t1 = now();
+  getrusage(RUSAGE_SELF, &r1);
+  send_rec(conn, 'E', t1 - t0, ru_user_us(&r0, &r1), ru_sys_us(&r0, &r1));
+  double faults, h_user, h_sys;
+  recv_rec(conn, 'H', &faults, &h_user, &h_sys);
+  pthread_barrier_wait(&barrier); // exit
+  for (int i = 0; i < threads; i++) pthread_join(th[i], NULL);
+  verify("touch-remote", base, src, len);
+  close(conn);
+  return 0;
+}
+
+// The C/C two-process scenario: this process is H and starts T (`touch-remote`) as its child.
+static int remote_scenario(const char *sc, size_t npages, size_t warm) {
+  size_t len = npages * PS;
+  char *src = anon(len);
+  fill_pattern((uint32_t *)src, len / 4);
+  char path[108];
+  snprintf(path, sizeof path, "/tmp/uffd-bench-%d.sock", (int)getpid());
+  unlink(path);
+  struct sockaddr_un sa = unix_addr(path);
+  int l = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (l < 0 || bind(l, (struct sockaddr *)&sa, sizeof sa) || listen(l, 1)) die("listen");
+  char self[4096];
+  ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (sl <= 0) die("readlink /proc/self/exe");
+  self[sl] = 0;
+  char pages_s[32], warm_s[32];
+  snprintf(pages_s, sizeof pages_s, "%zu", npages);
+  snprintf(warm_s, sizeof warm_s, "%zu", warm);
+  fflush(stdout);
+  pid_t child = fork();
+  if (child < 0) die("fork");
+  if (child == 0) {
+    execl(self, self, "touch-remote", path, pages_s, warm_s, "4", (char *)NULL);
+    _exit(127);
+  }
+  struct pollfd pl = {.fd = l, .events = POLLIN};
+  if (poll(&pl, 1, 10000) != 1) {
+    fprintf(stderr, "handler: %s: the toucher did not connect within 10 s\n", sc);
+    kill(child, SIGKILL);
+    return 2;
+  }
+  int conn = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+  if (conn < 0) die("accept4");
+  close(l);
+  unlink(path);
+  struct remote_result r = {0};
+  serve_remote(conn, src, npages, &r);
+  close(conn);
+  int status;
+  if (waitpid(child, &status, 0) != child) die("waitpid");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    fprintf(stderr, "handler: %s: the toucher failed (status 0x%x)\n", sc, status);
+    return 3;
+  }
+  if (r.placed != npages) {
+    fprintf(stderr, "handler: %s: placed %llu pages, expected %zu\n", sc, (unsigned long long)r.placed, npages);
+    return 3;
+  }
+  double cpu = r.t_user + r.t_sys + r.h_user + r.h_sys;
+  printf("{\"scenario\":\"%s\",\"impl\":\"c\",\"handler\":\"c\",\"toucher\":\"c\",\"pages\":%zu,\"seconds\":%.6f,"
+         "\"usPerPage\":%.4f,\"faults\":%llu,\"reads\":%llu,\"placed\":%llu,\"warmup\":%zu,"
+         "\"cpuUsPerPage\":%.4f,\"userUsPerPage\":%.4f,\"sysUsPerPage\":%.4f,"
+         "\"handlerCpuUsPerPage\":%.4f,\"toucherCpuUsPerPage\":%.4f,"
+         "\"handlerUserUsPerPage\":%.4f,\"handlerSysUsPerPage\":%.4f}\n",
+         sc, npages, r.seconds, r.seconds * 1e6 / npages, (unsigned long long)r.faults,
+         (unsigned long long)r.reads, (unsigned long long)r.placed, warm, cpu / npages,
+         (r.t_user + r.h_user) / npages, (r.t_sys + r.h_sys) / npages, (r.h_user + r.h_sys) / npages,
+         (r.t_user + r.t_sys) / npages, r.h_user / npages, r.h_sys / npages);
+  return 0;
+}
+
 int main(int argc, char **argv) {
+  if (argc >= 2 && !strcmp(argv[1], "touch-remote")) {
+    if (argc != 6) {
+      fprintf(stderr, "usage: handler touch-remote <socket> <pages> <warm-up pages> <threads>\n");
+      return 1;
+    }
+    return touch_remote(argv[2], strtoul(argv[3], NULL, 10), strtoul(argv[4], NULL, 10), atoi(argv[5]));
+  }
+  if (argc >= 2 && !strcmp(argv[1], "serve-remote")) {
+    if (argc != 4) {
+      fprintf(stderr, "usage: handler serve-remote <socket> <pages>\n");
+      return 1;
+    }
+    size_t npages = strtoul(argv[3], NULL, 10);
+    char *src = anon(npages * PS);
+    fill_pattern((uint32_t *)src, npages * PS / 4);
+    int conn = connect_unix(argv[2]);
+    struct remote_result r = {0};
+    serve_remote(conn, src, npages, &r);
+    return 0;
+  }
   if (argc < 2) {
     fprintf(stderr,
             "usage: handler <seq-copy-4k|rand-copy-4k|seq-copy-64k|seq-adaptive|move|continue|zeropage|"
-            "wp-roundtrip|threads-4|zero-fill|memcpy-4k> [pages] [warm-up pages]\n");
+            "wp-roundtrip|threads-4|zero-fill|memcpy-4k|remote-threads-4|remote-min-4|remote-workers-4> [pages] [warm-up pages]\n");
     return 1;
   }
   const char *sc = argv[1];
@@ -420,6 +726,9 @@ int main(int argc, char **argv) {
   if (npages < 4 || npages % 16) {
     fprintf(stderr, "handler: pages must be a positive multiple of 16\n");
     return 1;
+  }
+  if (!strcmp(sc, "remote-threads-4") || !strcmp(sc, "remote-min-4") || !strcmp(sc, "remote-workers-4")) {
+    return remote_scenario(sc, npages, warmup_pages);
   }
 
   char *src = anon(len);

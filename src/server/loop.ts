@@ -5,12 +5,32 @@
  * packed as two u32 halves.
  * @module
  */
-import { libc } from "../../ffi/mod.ts";
-import { ioctl, UFFD_EVENT } from "../abi.ts";
+import { libc as libcBinding } from "../../ffi/mod.ts";
+import { ioctl as ioctlBinding, UFFD_EVENT as UFFD_EVENT_BINDING } from "../abi.ts";
 import { ERRNO } from "../errors.ts";
 import { POLLIN } from "../eventfd.ts";
-import { CHUNK, CHUNK_STATE, CTRL, PAGE, REGION_WORDS, type ServerInit, STAT, STATE } from "./layout.ts";
+import {
+  CHUNK,
+  CHUNK_STATE,
+  CTRL,
+  PAGE as PAGE_BINDING,
+  REGION_WORDS as REGION_WORDS_BINDING,
+  type ServerInit,
+  STAT as STAT_BINDING,
+  STATE,
+} from "./layout.ts";
 import { chunkDigest } from "../snapshot/digest.ts";
+
+// Module-local copies of the imports the hot path reads per fault. An imported binding is live
+// (the exporting module could still assign it), so optimized code loads each use from its cell
+// and checks it for the hole: two dependent loads and a branch per `STAT.faults`, `PAGE.empty`,
+// `libc.ioctl`. A local const is a constant to the compiler.
+const libc = libcBinding;
+const ioctl = ioctlBinding;
+const UFFD_EVENT = UFFD_EVENT_BINDING;
+const PAGE = PAGE_BINDING;
+const STAT = STAT_BINDING;
+const REGION_WORDS = REGION_WORDS_BINDING;
 
 const TWO32 = 4294967296;
 const EEXIST = ERRNO.EEXIST;
@@ -62,6 +82,8 @@ export async function serve(
 
   /** Makes the region holding page p current; false when no region holds it. */
   function regionOf(p: number): boolean {
+    // Most faults are in the current region: nothing to look up, and no double (dbase) to store.
+    if (p >= rLo && p < rHi) return true;
     for (let r = 0; r < nRegions; r++) {
       const first = regions[r * REGION_WORDS + 2];
       const end = first + regions[r * REGION_WORDS + 1] / ps;
@@ -75,12 +97,15 @@ export async function serve(
     return false;
   }
 
+  /** 1 / page size: exact (a power of two), and a multiplication where a division was. */
+  const perPage = 1 / ps;
+
   /** The page index of a fault address, or -1 outside every region. */
   function pageAt(addr: number): number {
     for (let r = 0; r < nRegions; r++) {
       const start = regions[r * REGION_WORDS];
       if (addr >= start && addr < start + regions[r * REGION_WORDS + 1]) {
-        return regions[r * REGION_WORDS + 2] + Math.floor((addr - start) / ps);
+        return regions[r * REGION_WORDS + 2] + Math.floor((addr - start) * perPage);
       }
     }
     return -1;
@@ -167,9 +192,10 @@ export async function serve(
   const policy = init.onError;
 
   function put(w: Uint32Array, i: number, v: number): void {
-    const lo = v % TWO32;
-    w[i] = lo;
-    w[i + 1] = (v - lo) / TWO32;
+    // The store takes v modulo 2^32 (ToUint32 of an integer below 2^53) and the high word is the
+    // truncated quotient: no `%` of a double, which costs more in every runtime (bench/loop_cost.ts).
+    w[i] = v;
+    w[i + 1] = v / TWO32;
   }
 
   function recordError(message: string): void {
@@ -388,7 +414,7 @@ export async function serve(
     let a: number;
     let b: number;
     if (ra.mode === "fixed") {
-      a = Math.max(rLo, p - (p % minW));
+      a = minW === 1 ? p : Math.max(rLo, p - (p % minW)); // no division without readahead
       b = Math.min(a + minW, rHi);
     } else {
       // Sequential: right after the last window, or one or two pages after a placed page (another
@@ -411,7 +437,8 @@ export async function serve(
   }
 
   function mark(a: number, n: number, state: number): void {
-    pages.fill(state, a, a + n);
+    // A loop, not pages.fill(): the builtin call costs more than the stores of a window (1-64 pages).
+    for (let k = a; k < a + n; k++) pages[k] = state;
   }
 
   // Working-set record: runs [first page, count] placed on demand, in first-touch order
@@ -528,9 +555,9 @@ export async function serve(
   function finish(p: number, a: number, b: number, r: number): number {
     settle(b - a, r);
     if (r > 0) {
-      const done = r / ps;
+      const done = r * perPage;
       mark(a, done, PAGE.placed);
-      record(a, done);
+      if (rec !== undefined) record(a, done);
       if (a + done > p) return DONE;
       // A partial copy stopped before the faulting page (a present page, or the address space
       // changing): place the faulting page alone now; finishSingle defers it on EAGAIN.
@@ -745,6 +772,28 @@ export async function serve(
     return k === DONE;
   }
 
+  // The most common configuration, no readahead and COPY straight from the source's address,
+  // takes a shorter path: resolveDirect does what resolveSync does for it (window [p, p + 1),
+  // placeSync's copy from FROM_SOURCE) without the dispatch through begin, windowFor and
+  // placeSync, so less code runs per fault. Anything else about the page (not empty, past the
+  // source's end) goes the general way.
+  const direct = placement === "copy" && !table && !urlSrc && !fill && srcView !== undefined &&
+    ra.mode === "fixed" && minW === 1;
+
+  /** resolveSync for the direct configuration. */
+  function resolveDirect(p: number): boolean {
+    if (!regionOf(p) || pages[p] !== PAGE.empty || (p + 1) * ps > srcLen) return resolveSync(p);
+    winA = p;
+    winB = lastEnd = p + 1;
+    precount(1);
+    let k = finish(p, p, p + 1, placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_SOURCE));
+    if (k === SINGLE) {
+      precount(1);
+      k = finishSingle(p, placeSync(p, 1));
+    }
+    return k === DONE;
+  }
+
   /**
    * Resolves a fault on page p from the custom source; false: retry after events. While
    * the source runs, ctrl[CTRL.filling] names p, so that if the source ends this thread
@@ -835,6 +884,15 @@ export async function serve(
       if (p < 0) stats[STAT.outside]++;
       return p;
     }
+    otherEvent(w, code);
+    return -1;
+  }
+
+  /**
+   * Handles a message other than a page fault (at word w of the buffer). Apart from onEvent, so
+   * that onEvent stays small enough for the compiler to inline it into readBatch.
+   */
+  function otherEvent(w: number, code: number): void {
     stats[STAT.events]++;
     const x = mw[w + 3] * TWO32 + mw[w + 2];
     const y = mw[w + 5] * TWO32 + mw[w + 4];
@@ -853,8 +911,8 @@ export async function serve(
       for (let r = 0; r < nRegions; r++) {
         if (regions[r * REGION_WORDS] === x) regions[r * REGION_WORDS] = y;
       }
+      rHi = rLo; // the current region's address may have changed: look it up again
     }
-    return -1;
   }
 
   /**
@@ -887,7 +945,7 @@ export async function serve(
       const p = onEvent(i);
       if (p < 0) continue;
       if (fill) pending[nPending++] = p;
-      else if (!resolveSync(p)) deferred[nDeferred++] = p;
+      else if (!(direct ? resolveDirect(p) : resolveSync(p))) deferred[nDeferred++] = p;
     }
     if (timed) {
       latency(count);
