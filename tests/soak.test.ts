@@ -34,6 +34,9 @@ describe("FaultServer soak", () => {
       assert.ok(s.faults >= 40000, `${s.faults} faults`);
       assert.ok(s.poisonVerified >= 1, "a round ended by SIGBUS on a page that always fails");
       assert.ok(s.injected.madvises > 0 && s.injected.remaps > 0 && s.injected.closes > 0);
+      // ~2.5% of B's pages always fail; close() poisons at least those (each round checks its own).
+      assert.ok(s.injected.alwaysFail > 0, "pages whose source always fails were planned");
+      assert.ok(s.poisonedAtClose >= s.injected.alwaysFail, `${s.poisonedAtClose} poisoned at close`);
     },
   );
 });

@@ -48,6 +48,8 @@ export interface SoakSummary {
   };
   takeovers: number;
   retries: number;
+  /** Pages close() poisoned by policy (never placed: at least the pages that always fail). */
+  poisonedAtClose: number;
   poisonVerified: number;
   leaks: number;
   failures: string[];
@@ -95,6 +97,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakSummary> {
     injected: { throws: 0, alwaysFail: 0, threadDeaths: 0, closes: 0, madvises: 0, remaps: 0 },
     takeovers: 0,
     retries: 0,
+    poisonedAtClose: 0,
     poisonVerified: 0,
     leaks: 0,
     failures: [],
@@ -135,12 +138,14 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakSummary> {
         s.faults += j.faults;
         s.pages += j.pages;
         s.injected.throws += j.throwsPlanned;
+        s.injected.alwaysFail += j.always;
         s.injected.threadDeaths += j.kills;
         s.injected.closes += j.closes;
         s.injected.madvises += j.madvises;
         s.injected.remaps += j.remaps;
         s.takeovers += j.takeovers;
         s.retries += j.retries;
+        s.poisonedAtClose += j.poisoned;
         s.leaks += j.leaked;
         if (j.errors.length > 0 || j.leaked > 0 || r.code !== 0) {
           fail(`${j.errors.join("; ")} leaks ${JSON.stringify(j.leaks)}`);

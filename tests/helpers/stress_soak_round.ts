@@ -356,5 +356,5 @@ if (leaked > 0 && process.env.UFFD_SOAK_DEBUG) {
     } catch { /* gone */ }
   }
 }
-out(`ROUND ${JSON.stringify({ ...totals, leaks, leaked, ms: Date.now() - t0 })}`);
+out(`ROUND ${JSON.stringify({ ...totals, always, leaks, leaked, ms: Date.now() - t0 })}`);
 process.exit(totals.errors.length === 0 && leaked === 0 ? 0 : 1);
