@@ -3,11 +3,12 @@
 // types, "<mem>/<name>", on the memory types the kernel runs each on, at the kernel's 32 MiB areas.
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
-import { type FeatureName, ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
+import { ioctl, Mapping, pageSize, rawIoctl, UffdError, Userfaultfd } from "../mod.ts";
 import {
   areaPages,
   caseSkipReason,
   fillPatterns,
+  KERNEL_FEATURES,
   MEM_TYPES,
   type MemType,
   pmdPageSize,
@@ -51,14 +52,8 @@ async function checkPages(
   assert.equal(r.pages, n);
 }
 
-const REGISTER_FEATURES: FeatureName[] = [
-  "MISSING_HUGETLBFS",
-  "MISSING_SHMEM",
-  "PAGEFAULT_FLAG_WP",
-  "WP_HUGETLBFS_SHMEM",
-  "MINOR_HUGETLBFS",
-  "MINOR_SHMEM",
-];
+/** register-ioctls opens its descriptor with the kernel test's required features. */
+const REGISTER_FEATURES = [...KERNEL_FEATURES["register-ioctls"]];
 
 describe("selftests: register-ioctls", () => {
   for (const mt of MEM_TYPES) {
