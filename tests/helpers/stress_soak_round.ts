@@ -37,6 +37,13 @@ function threads(): number {
   return Number(readTextFile("/proc/self/status")?.match(/^Threads:\s+(\d+)/m)?.[1] ?? -1);
 }
 
+/** The names (comm) of this process's threads, sorted: which kind of thread is left, if one is. */
+async function threadNames(): Promise<string[]> {
+  const { readdirSync } = await import("node:fs");
+  return readdirSync("/proc/self/task").map((t) => readTextFile(`/proc/self/task/${t}/comm`)?.trim() ?? "?")
+    .sort();
+}
+
 function openFds(): number {
   let n = 0;
   for (let fd = 0; fd < 4096; fd++) if (libc.syscall(72, fd, 1 /* F_GETFD */) >= 0) n++;
@@ -94,6 +101,7 @@ for (let i = 0; i < 2; i++) {
   await sleep(100);
 }
 const baseThreads = threads();
+const baseNames = await threadNames();
 const baseFds = openFds();
 if (libraryFds().length > 0) throw new Error(`library descriptors open before the round: ${libraryFds()}`);
 const t0 = Date.now();
@@ -335,7 +343,18 @@ if (totals.poisoned < always) {
 // Leaks: every thread, descriptor and registration gone (threads end asynchronously: wait for them).
 // (The runtime's own descriptors, pools that grow with the threads it has run, are only reported.)
 let leaks = { threads: 0, libraryFds: [] as string[], uffdVmas: 0, otherFds: 0 };
-for (const end = Date.now() + 10000;;) {
+// A Worker that ended by process.exit() (the thread deaths) is an OS thread until the runtime
+// collects its Worker object: after 5 s a garbage collection is asked for, where the runtime
+// offers one (Bun.gc; gc() under --expose-gc), and the threads get 30 s in all on a loaded machine.
+const gc = (globalThis as { Bun?: { gc(force: boolean): void } }).Bun?.gc ??
+  (globalThis as { gc?: () => void }).gc;
+let collected = false;
+const t1 = Date.now();
+for (const end = t1 + 30000;;) {
+  if (!collected && Date.now() - t1 > 5000) {
+    collected = true;
+    gc?.(true);
+  }
   leaks = {
     threads: threads() - baseThreads,
     libraryFds: libraryFds(),
@@ -348,6 +367,16 @@ for (const end = Date.now() + 10000;;) {
   await sleep(50);
 }
 const leaked = Math.max(0, leaks.threads) + leaks.libraryFds.length + leaks.uffdVmas;
+if (leaks.threads > 0) {
+  // Name the threads that are new since the start (the runtime's own pools, or a server's Worker).
+  const now = await threadNames();
+  out(`THREADS-NOW ${threads() - baseThreads} more than at the start`);
+  for (const n of baseNames) {
+    const i = now.indexOf(n);
+    if (i >= 0) now.splice(i, 1);
+  }
+  out(`THREADS-LEFT ${JSON.stringify(now)}`);
+}
 if (leaked > 0 && process.env.UFFD_SOAK_DEBUG) {
   const { readdirSync, readlinkSync } = await import("node:fs");
   for (const f of readdirSync("/proc/self/fd")) {
