@@ -39,6 +39,8 @@ listens on PATH, takes the VMM's userfaultfd and regions, serves guest memory fr
   --populate                 read the memory file and layers ahead in the background while serving, as
                              Firecracker's example handler does with MAP_POPULATE (a cold page cache is
                              then read in large requests; costs page cache for the whole file)
+  --populate-sync            the same, all of it at the handshake, as MAP_POPULATE does (serving meanwhile:
+                             the example handler's exact design, for comparisons)
   --kill-on-error            SIGKILL the VMM on a fatal handler error, so the guest never hangs silently
   --accept-timeout-ms N      give up when no VMM connects in time (default: wait)
   --handshake-timeout-ms N   how long the handshake may take once connected (default 5000)
@@ -102,6 +104,7 @@ export async function runFirecracker(args: string[]): Promise<number> {
         record: { type: "string" },
         prefetch: { type: "string" },
         populate: { type: "boolean" },
+        "populate-sync": { type: "boolean" },
         "kill-on-error": { type: "boolean" },
         "accept-timeout-ms": { type: "string" },
         "handshake-timeout-ms": { type: "string" },
@@ -157,7 +160,7 @@ export async function runFirecracker(args: string[]): Promise<number> {
     options.handshakeTimeoutMs = ms("handshake-timeout-ms");
     options.killOnError = values["kill-on-error"] ?? false;
     options.record = values.record !== undefined;
-    options.populate = values.populate ?? false;
+    options.populate = values["populate-sync"] ? "sync" : values.populate ?? false;
     if (values.prefetch !== undefined) options.prefetch = loadWorkingSet(values.prefetch);
     if (values["mem-url"]) {
       const cacheMib = ms("cache-mib");

@@ -267,9 +267,10 @@ export interface FirecrackerServeOptions {
    * read sequentially instead of a page per fault. Default false: measured with a 64 MiB KVM
    * restore on a cold cache, pinned to one CPU, it saved 7% on a random 10% touch and nothing on
    * a full sequential one (adaptive readahead already reads in large runs), and it costs page
-   * cache for the whole file.
+   * cache for the whole file. `"sync"`: all of it before the first fault is served, as
+   * `MAP_POPULATE` (FaultServer `populate: "sync"`).
    */
-  populate?: boolean;
+  populate?: boolean | "sync";
   /** SIGKILL the VMM (its pid from SO_PEERCRED) on a fatal handler error, so a broken restore never freezes silently. */
   killOnError?: boolean;
   /** How long to wait for a VMM to connect, ms (default: forever). */

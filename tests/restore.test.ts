@@ -165,6 +165,39 @@ describe("snapshot source: populate (read the files ahead)", () => {
       }
     },
   );
+
+  it(
+    'populate: "sync" has read every data extent when start() resolves (as MAP_POPULATE); a wrong value is refused',
+    T,
+    async () => {
+      const pages = 64;
+      const c = chain(pages);
+      const exp = expected(pages, c.files);
+      const server = await FaultServer.start({
+        source: { kind: "snapshot", path: c.base, layers: c.layers },
+        populate: "sync",
+      });
+      try {
+        assert.equal(server.populateBytes, (60 + 11 + 2) * PS);
+        assert.equal(server.populated, server.populateBytes, "all of it, before start() resolved");
+        assert.ok(residentOf(c.base) >= 60 * PS, `base resident ${residentOf(c.base)}`);
+        assert.ok(residentOf(c.layers[1]) >= 2 * PS, `layer 2 resident ${residentOf(c.layers[1])}`);
+        const [r] = await runFaulters(server.mapping.start, server.mapping.length, PS, exp, [
+          { order: "random", first: 0, count: pages },
+        ]);
+        assert.equal(r.bad, 0, "every page as the chain says");
+      } finally {
+        server.close();
+      }
+      await assert.rejects(
+        FaultServer.start({
+          source: { kind: "snapshot", path: c.base },
+          populate: "now" as unknown as boolean,
+        }),
+        (e: unknown) => e instanceof UffdError && /populate must be a boolean or "sync"/.test(e.message),
+      );
+    },
+  );
 });
 
 describe("snapshot source: memory file + diff layers", () => {
