@@ -23,6 +23,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Peeker } from "./helpers/peek.ts";
+import { readTextFile } from "../src/memory.ts";
 
 const T = { timeout: 90000 };
 const source = (name: string): string => new URL(`./helpers/sources/${name}`, import.meta.url).href;
@@ -506,7 +507,10 @@ describe("FaultServer", () => {
         Array.from({ length: n }, (_, i) => ({ order: "seq" as const, first: i, count: 1 })),
         20000,
       );
-      await waitFor(() => server.stats.faults >= 1);
+      // Every faulter placed or blocked on its fault before close(): a Worker that touched its page
+      // only after close() would find it poisoned, and its SIGBUS ends the whole process.
+      await waitFor(() => server.stats.pages + faultsWaiting(server.uffd.fd) >= n, 20000);
+      assert.ok(server.stats.pages < n, "faults are outstanding at close()");
       server.close(); // faults are outstanding: the slow source is still filling
       const results = await done;
       for (const r of results) assert.equal(r.bad, 0, "each blocked faulter got its real page");
@@ -790,6 +794,16 @@ function expectedFailing(mode: string): SharedArrayBuffer {
     b.fill(p === 3 && mode === "close" ? 0 : p + 1, p * pageSize, (p + 1) * pageSize);
   }
   return sab;
+}
+
+/**
+ * Threads blocked on a fault of this userfaultfd, read or not: the kernel's `total:` in
+ * /proc/self/fdinfo (read through libc: Deno's node:fs wants --allow-all for /proc/self).
+ */
+function faultsWaiting(fd: number): number {
+  const m = readTextFile(`/proc/self/fdinfo/${fd}`)?.match(/^total:\s+(\d+)/m);
+  assert.ok(m, "fdinfo of a userfaultfd has total:");
+  return Number(m[1]);
 }
 
 async function waitFor(cond: () => boolean, ms = 5000): Promise<void> {

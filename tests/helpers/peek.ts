@@ -10,6 +10,8 @@ import { pageSize } from "../../mod.ts";
 
 /** The default deadline of one access. */
 export const PEEK_TIMEOUT_MS = 5000;
+/** How long a Peeker's Worker may take to start and receive its first job. */
+const LOAD_TIMEOUT_MS = 60000;
 
 /**
  * For a Worker stuck in a fault on `[addr, addr+len)` that nobody resolved (the test failed): replaces
@@ -33,7 +35,7 @@ export function sealStuck(addr: number, len: number, ms = 1000): void {
 /** A Worker that reads and writes memory for the test thread; `close()` it (or `using`). */
 export class Peeker {
   #worker: Worker | undefined;
-  #ctrl = new SharedArrayBuffer(4);
+  #ctrl = new SharedArrayBuffer(8);
   #data = new SharedArrayBuffer(pageSize);
   #broken: string | undefined;
 
@@ -44,8 +46,20 @@ export class Peeker {
     if (op === "poke") new Uint8Array(this.#data).set(bytes);
     const state = new Int32Array(this.#ctrl);
     Atomics.store(state, 0, 0);
+    Atomics.store(state, 1, 0);
     this.#worker ??= new Worker(new URL("./peek_worker.ts", import.meta.url), { type: "module" });
     this.#worker.postMessage({ op, addr, len: bytes.length, data: this.#data, ctrl: this.#ctrl });
+    // The deadline is the access's, from when the Worker has the job: starting a Worker can take
+    // seconds on a loaded machine (or under `deno test` with type checking), which is no lost fault.
+    const loadBy = Date.now() + LOAD_TIMEOUT_MS;
+    while (Atomics.load(state, 1) === 0 && Date.now() < loadBy) {
+      Atomics.wait(state, 1, 0, Math.max(1, loadBy - Date.now()));
+    }
+    if (Atomics.load(state, 1) === 0) {
+      this.#worker.terminate();
+      this.#worker = undefined;
+      throw new Error(`${what}: the Peeker's Worker did not start within ${LOAD_TIMEOUT_MS} ms`);
+    }
     const deadline = Date.now() + ms;
     while (Atomics.load(state, 0) === 0) {
       const left = deadline - Date.now();
