@@ -364,7 +364,9 @@ function handler(b: Bounce): HandlerResult {
       if (flags & UFFD_PAGEFAULT_FLAG_WP) {
         wpOff.start = b.dst + p * ps;
         uffd.writeprotect(wpOff);
-        marks[p] |= MARK_WP;
+        // Atomically: another handler may be marking the same page PLACED right now (the locker's
+        // write can fault before the COPY's handler has marked the page; a plain |= loses a bit).
+        Atomics.or(marks, p, MARK_WP);
         r.wp++;
       } else if (flags & UFFD_PAGEFAULT_FLAG_MINOR) {
         r.unexpectedEvents++;
@@ -372,7 +374,7 @@ function handler(b: Bounce): HandlerResult {
         if (flags & UFFD_PAGEFAULT_FLAG_WRITE) r.unexpectedWrite++;
         if (c.copy(p, false) === 1) {
           r.missing++;
-          marks[p] |= MARK_PLACED;
+          Atomics.or(marks, p, MARK_PLACED);
         }
       }
     }
