@@ -37,11 +37,18 @@ function threads(): number {
   return Number(readTextFile("/proc/self/status")?.match(/^Threads:\s+(\d+)/m)?.[1] ?? -1);
 }
 
-/** The names (comm) of this process's threads, sorted: which kind of thread is left, if one is. */
-async function threadNames(): Promise<string[]> {
-  const { readdirSync } = await import("node:fs");
-  return readdirSync("/proc/self/task").map((t) => readTextFile(`/proc/self/task/${t}/comm`)?.trim() ?? "?")
-    .sort();
+/**
+ * The names (comm) of this process's threads, sorted: which kind of thread is left, if one is.
+ * Undefined where the directory cannot be listed (Deno's node:fs wants --allow-all for /proc).
+ */
+async function threadNames(): Promise<string[] | undefined> {
+  try {
+    const { readdirSync } = await import("node:fs");
+    return readdirSync("/proc/self/task").map((t) => readTextFile(`/proc/self/task/${t}/comm`)?.trim() ?? "?")
+      .sort();
+  } catch {
+    return undefined;
+  }
 }
 
 function openFds(): number {
@@ -371,11 +378,11 @@ if (leaks.threads > 0) {
   // Name the threads that are new since the start (the runtime's own pools, or a server's Worker).
   const now = await threadNames();
   out(`THREADS-NOW ${threads() - baseThreads} more than at the start`);
-  for (const n of baseNames) {
-    const i = now.indexOf(n);
-    if (i >= 0) now.splice(i, 1);
+  for (const n of baseNames ?? []) {
+    const i = now?.indexOf(n) ?? -1;
+    if (i >= 0) now!.splice(i, 1);
   }
-  out(`THREADS-LEFT ${JSON.stringify(now)}`);
+  out(`THREADS-LEFT ${now && baseNames ? JSON.stringify(now) : "(names not readable here)"}`);
 }
 if (leaked > 0 && process.env.UFFD_SOAK_DEBUG) {
   const { readdirSync, readlinkSync } = await import("node:fs");
