@@ -20,6 +20,8 @@ export interface SoakOptions {
   faults?: number;
   /** Passes per round (every page of every server faulted once per pass; default 40). */
   passes?: number;
+  /** Rounds to run at least, whatever the faults (default 1). */
+  minRounds?: number;
   /** Rounds running at once (default 2). */
   parallel?: number;
   /** Every how many rounds one ends by a poisoned page (default 3: rounds 0, 3, 6...). */
@@ -104,7 +106,7 @@ export async function runSoak(o: SoakOptions = {}): Promise<SoakSummary> {
   };
   let next = 0;
   const lane = async (): Promise<void> => {
-    while (s.faults < target && s.failures.length === 0) {
+    while ((s.faults < target || next < (o.minRounds ?? 1)) && s.failures.length === 0) {
       const round = next++;
       const seed = (seed0 + round * 7919) | 0 || 1;
       const poison = round % poisonEvery === 0;
