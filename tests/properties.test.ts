@@ -501,6 +501,9 @@ describe("property tests of the input checks (fast-check)", () => {
               ? undefined
               : `timeout ${show(timeout)}`,
           );
+          // A valid timeout from the junk values (3,799,055 ms, say) is a real wait of that long on
+          // a descriptor with no events: nothing to check but the wait itself.
+          if (bad === undefined && typeof timeout === "number" && timeout > 3) return;
           const t0 = Date.now();
           expectTyped(
             "read",
