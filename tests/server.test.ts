@@ -759,6 +759,10 @@ describe("FaultServer", () => {
   it("rejects bad options before creating anything", () => {
     const data = new SharedArrayBuffer(pageSize);
     assert.throws(
+      () => new FaultServer({ source: { kind: "module", length: pageSize } as never }),
+      (e) => e instanceof UffdError && e.source === "library" && /a module source needs url/.test(e.message),
+    );
+    assert.throws(
       () => new FaultServer({ source: { kind: "bytes", data }, placement: "continue" }),
       (e) => e instanceof UffdError && e.source === "library" && /does not fit/.test(e.message),
     );

@@ -14,7 +14,7 @@
  */
 import { libc } from "../../ffi/mod.ts";
 import { invalid, UffdError } from "../errors.ts";
-import { showValue } from "../checks.ts";
+import { describeValue, showValue } from "../checks.ts";
 import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
 import { CHUNK, type SourceInit, type VerifyInit } from "./layout.ts";
 import type { UrlPageSource } from "./url.ts";
@@ -134,6 +134,14 @@ export function openSource(src: PageSource): OpenedSource {
       return { init: () => ({ kind: "memfd" }), length: src.mapping.length, owned: [], hold: [] };
     case "module": {
       checkLength(src.length);
+      if (!(typeof src.url === "string" && src.url !== "") && !(src.url instanceof URL)) {
+        throw invalid(
+          "FaultServer",
+          `a module source needs url, the module's URL as a string or URL, e.g. new URL("./source.ts", import.meta.url) (got ${
+            describeValue(src.url)
+          })`,
+        );
+      }
       const url = String(src.url);
       return {
         init: () => ({ kind: "module", url, options: src.options, length: src.length }),
