@@ -629,6 +629,9 @@ export async function serve(
     : undefined;
   const cacheBase = cacheView ? libc.addressOf(cacheView) : 0;
   const seqAhead = urlSrc ? Math.max(1, Math.min(urlSrc.concurrency, nSlots >> 2)) : 1;
+  const ring = urlSrc?.fetchPath === "raw" ? new Int32Array(urlSrc.ring) : undefined;
+  const ringMask = ring ? ring.length - 3 : 0; // entries: a power of two
+  const ringWake = new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0]); // eventfd: add 1
 
   /** A free cache slot, or the least recently used one whose chunk is done and awaited by no fault. */
   function slotFor(): number {
@@ -680,7 +683,12 @@ export async function serve(
     slotOfChunk[c] = s;
     Atomics.store(urlChunk, c, CHUNK_STATE.fetching);
     fetching++;
-    fetchPort!.postMessage(c); // one message per chunk (not per fault)
+    // One request per chunk (not per fault): into the ring (raw path) or a message.
+    if (ring) {
+      const i = Atomics.add(ring, 0, 1) & ringMask;
+      Atomics.store(ring, 2 + i, c);
+      libc.write(urlSrc!.reqFd, ringWake, 8);
+    } else fetchPort!.postMessage(c);
   }
 
   /**
