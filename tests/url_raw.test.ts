@@ -140,6 +140,27 @@ describe("url source, raw path, against nginx", () => {
     assert.ok(reused >= 12, `only ${reused} of 16 requests on a kept-alive connection`);
   });
 
+  it("an IPv6 literal host ([::1]) takes the raw path too", { ...T, skip }, async (t) => {
+    if (!ng!.base6) {
+      console.log("skip url raw [::1]: no IPv6 loopback here (::1 cannot be listened on)");
+      t.skip("no IPv6 loopback here (::1 cannot be listened on)");
+      return;
+    }
+    const src = await openUrlSource(`${ng!.base6}/ok/mem64`);
+    const r = await touch(src, 0, 1024, expected);
+    assert.equal(r.bad, 0, "every page as in the file");
+    assert.equal(r.stats.fetchPath, "raw");
+    assert.equal(r.stats.fetchErrors + r.stats.fetchRetries, 0, r.error);
+  });
+
+  it("a host name (localhost) is resolved with node:dns and takes the raw path", { ...T, skip }, async () => {
+    const src = await openUrlSource(`${ng!.base.replace("127.0.0.1", "localhost")}/ok/mem64`);
+    const r = await touch(src, 0, 1024, expected);
+    assert.equal(r.bad, 0, "every page as in the file");
+    assert.equal(r.stats.fetchPath, "raw");
+    assert.equal(r.stats.fetchErrors + r.stats.fetchRetries, 0, r.error);
+  });
+
   it("a server that closes every connection after one answer (keepalive_requests 1): all pages, no retries", {
     ...T,
     skip,

@@ -86,6 +86,7 @@ export async function runRaw(
   const state = new Int32Array(u.state);
   const nChunks = state.length;
   const attempts = new Int32Array(nChunks);
+  const addrTries = new Int32Array(nChunks); // addresses tried in this attempt
 
   // The request's fixed part: path, host, the caller's headers (Range, Host and the framing
   // headers are this path's own).
@@ -177,6 +178,7 @@ export async function runRaw(
     return c;
   };
   const attemptFailed = (c: number, e: unknown): void => {
+    addrTries[c] = 0;
     const backoff = store.failed(c, attempts[c], e);
     if (backoff >= 0) {
       attempts[c]++;
@@ -230,7 +232,9 @@ export async function runRaw(
   const connectFailed = (k: Conn, errno: number): void => {
     addrIdx++;
     resolveWanted = true;
-    fail(k, new Error(`cannot connect to ${host} port ${port}: ${errnoName(errno)}`));
+    // The host's other addresses first (IPv6 and IPv4), then a failed attempt.
+    if (++addrTries[k.chunk] < addrs.length) queue.unshift(release(k, false));
+    else fail(k, new Error(`cannot connect to ${host} port ${port}: ${errnoName(errno)}`));
   };
   const send = (k: Conn): void => {
     const buf = k.reqOff === 0 ? k.req : k.req.subarray(k.reqOff);

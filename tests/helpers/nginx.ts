@@ -27,6 +27,8 @@ export function noNginx(): string | false {
 export interface Nginx {
   /** `http://127.0.0.1:PORT`. */
   base: string;
+  /** `http://[::1]:PORT` when this machine has IPv6 loopback (nginx listens there too), else undefined. */
+  base6: string | undefined;
   /** The directory it serves (put files here). */
   root: string;
   /**
@@ -57,6 +59,15 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** Whether `host`:`port` can be listened on (IPv6 loopback may be missing). */
+async function bindable(host: string, port: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const s = createServer();
+    s.on("error", () => resolve(false));
+    s.listen(port, host, () => s.close(() => resolve(true)));
+  });
+}
+
 /** Starts nginx on a free loopback port; resolves once it answers. */
 export async function startNginx(): Promise<Nginx> {
   const bin = nginxBinary();
@@ -67,6 +78,7 @@ export async function startNginx(): Promise<Nginx> {
   spawnSync("mkdir", ["-p", root, join(dir, "tmp")]);
   chmodSync(root, 0o755);
   const port = await freePort();
+  const v6 = await bindable("::1", port);
   const log = join(dir, "access.log");
   const asRoot = libc.syscall(102 /* getuid */) === 0; // (process.getuid needs --allow-sys in Deno)
   writeFileSync(
@@ -87,7 +99,7 @@ http {
   types { }
   default_type application/octet-stream;
   server {
-    listen 127.0.0.1:${port};
+    listen 127.0.0.1:${port};${v6 ? `\n    listen [::1]:${port};` : ""}
     location /ok/ { alias ${root}/; }
     location /norange/ { alias ${root}/; max_ranges 0; }
     location /close/ { alias ${root}/; if ($http_range != "bytes=0-0") { return 444; } }
@@ -120,6 +132,7 @@ http {
   }
   return {
     base,
+    base6: v6 ? `http://[::1]:${port}` : undefined,
     root,
     requests: () =>
       readIf(log).split("\n").filter((l) => l.includes("bytes=")).map((l) => {
