@@ -330,22 +330,22 @@ export async function runRaw(
     }
   };
 
+  const sizeOf = (c: number): number => Math.min(u.length, (c + 1) * u.chunkSize) - c * u.chunkSize;
   const onBody = (k: Conn): void => {
     // With no Content-Length the body ends at EOF: one byte more than the range is an error.
     const r = k.got < k.want
       ? libc.recvAddr(k.fd, k.dest + k.got, k.want - k.got, 0)
       : libc.recvAddr(k.fd, k.headAddr, 1, 0);
-    const [start, stop] = store.bounds(k.chunk);
     if (r < 0) {
       const errno = libc.errno();
       if (errno === EAGAIN || errno === EINTR) return;
-      return fail(k, shortBody(u, start, k.got, stop - start));
+      return fail(k, shortBody(u, k.chunk * u.chunkSize, k.got, sizeOf(k.chunk)));
     }
     if (r === 0) {
       if (k.untilEof) return complete(k);
-      return fail(k, shortBody(u, start, k.got, stop - start));
+      return fail(k, shortBody(u, k.chunk * u.chunkSize, k.got, sizeOf(k.chunk)));
     }
-    if (k.got >= k.want) return fail(k, tooLong(u, start, stop - start));
+    if (k.got >= k.want) return fail(k, tooLong(u, k.chunk * u.chunkSize, sizeOf(k.chunk)));
     k.got += r;
     if (k.got === k.want && !k.untilEof) complete(k);
   };
