@@ -14,6 +14,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import process from "node:process";
 import { libc } from "../ffi/mod.ts";
 import { FaultServer, openUrlSource } from "../mod.ts";
 import type { UrlPageSource } from "../src/server/url.ts";
@@ -159,6 +160,26 @@ describe("url source, raw path, against nginx", () => {
     assert.equal(r.bad, 0, "every page as in the file");
     assert.equal(r.stats.fetchPath, "raw");
     assert.equal(r.stats.fetchErrors + r.stats.fetchRetries, 0, r.error);
+  });
+
+  it("with a proxy variable set the fetcher takes fetch() (which honours proxies), and serves every page", {
+    ...T,
+    skip,
+  }, async () => {
+    // nginx as the "proxy": it answers an absolute-form request line like any other.
+    const old = process.env.http_proxy;
+    process.env.http_proxy = ng!.base;
+    let r;
+    try {
+      const src = await openUrlSource(`${ng!.base}/ok/mem64`);
+      r = await touch(src, 0, 1024, expected);
+    } finally {
+      if (old === undefined) delete process.env.http_proxy;
+      else process.env.http_proxy = old;
+    }
+    assert.equal(r.bad, 0, "every page as in the file");
+    assert.equal(r.stats.fetchPath, "fetch");
+    assert.equal(r.stats.fetchErrors, 0, r.error);
   });
 
   it("a server that closes every connection after one answer (keepalive_requests 1): all pages, no retries", {
