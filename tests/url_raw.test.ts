@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import process from "node:process";
 import { libc } from "../ffi/mod.ts";
-import { FaultServer, openUrlSource } from "../mod.ts";
+import { FaultServer, openUrlSource, UffdError } from "../mod.ts";
 import type { UrlPageSource } from "../src/server/url.ts";
 import { runFaulters } from "./helpers/faulters.ts";
 import { type Nginx, noNginx, startNginx } from "./helpers/nginx.ts";
@@ -180,6 +180,22 @@ describe("url source, raw path, against nginx", () => {
     assert.equal(r.bad, 0, "every page as in the file");
     assert.equal(r.stats.fetchPath, "fetch");
     assert.equal(r.stats.fetchErrors, 0, r.error);
+  });
+
+  it("a header with CR or LF (request splitting) is refused when the server starts, with a typed error", {
+    ...T,
+    skip,
+  }, async () => {
+    const src = await openUrlSource(`${ng!.base}/ok/mem64`);
+    const bad: Record<string, string>[] = [{ "X-A": "a\r\nRange: bytes=0-9" }, { "Bad Name": "x" }];
+    for (const headers of bad) {
+      await assert.rejects(
+        async () => await FaultServer.start({ source: { ...src, headers } }),
+        (e: unknown) =>
+          e instanceof UffdError && e.code === "EINVAL" &&
+          /url source: headers: .* without CR, LF or NUL/.test(e.message),
+      );
+    }
   });
 
   it("a server that closes every connection after one answer (keepalive_requests 1): all pages, no retries", {
