@@ -24,6 +24,8 @@ const symbols = {
   read: { args: ["i32", "buffer", "u64"], returns: "i32" }, // ssize_t (int, void *, size_t)
   write: { args: ["i32", "buffer", "u64"], returns: "i32" }, // ssize_t (int, const void *, size_t)
   pread: { args: ["i32", "u64", "u64", "i64"], returns: "i64_fast" }, // ssize_t (int, void *, size_t, off_t)
+  recv: { args: ["i32", "u64", "u64", "i32"], returns: "i32" }, // ssize_t (int, void *, size_t, int), len < 2 GiB
+  send: { args: ["i32", "buffer", "u64", "i32"], returns: "i32" }, // ssize_t (int, const void *, size_t, int)
   poll: { args: ["buffer", "u64", "i32"], returns: "i32" }, // int (struct pollfd *, nfds_t, int)
   close: { args: ["i32"], returns: "i32" }, // int (int)
   sysconf: { args: ["i32"], returns: "i64_fast" }, // long (int)
@@ -58,6 +60,8 @@ export async function loadBunLibc(): Promise<Libc> {
     read: (fd, buf, count) => c.read(fd, buf, count),
     write: (fd, buf, count) => c.write(fd, buf, count),
     preadAddr: (fd, addr, count, offset) => c.pread(fd, addr, count, offset),
+    recvAddr: (fd, addr, len, flags) => c.recv(fd, addr, len, flags),
+    send: (fd, buf, len, flags) => c.send(fd, buf, len, flags),
     poll: (fds, nfds, timeout) => c.poll(fds, nfds, timeout),
     close: (fd) => c.close(fd),
     sysconf: (name) => c.sysconf(name),

@@ -12,6 +12,8 @@ const symbols = {
   read: { parameters: ["i32", "buffer", "usize"], result: "i32" }, // ssize_t (int, void *, size_t)
   write: { parameters: ["i32", "buffer", "usize"], result: "i32" }, // ssize_t (int, const void *, size_t)
   pread: { parameters: ["i32", "usize", "usize", "i64"], result: "i64" }, // ssize_t (int, void *, size_t, off_t)
+  recv: { parameters: ["i32", "usize", "usize", "i32"], result: "i32" }, // ssize_t (int, void *, size_t, int), len < 2 GiB
+  send: { parameters: ["i32", "buffer", "usize", "i32"], result: "i32" }, // ssize_t (int, const void *, size_t, int)
   poll: { parameters: ["buffer", "u64", "i32"], result: "i32" }, // int (struct pollfd *, nfds_t, int)
   close: { parameters: ["i32"], result: "i32" }, // int (int)
   sysconf: { parameters: ["i32"], result: "i64" }, // long (int)
@@ -33,7 +35,7 @@ const symbols = {
 // deoptimizes the calling function ("not a BigInt"). Cold calls pass numbers; the hot
 // calls (read, poll) pass cached BigInt constants, so they allocate nothing per call.
 const n = (x: number): bigint => x as unknown as bigint;
-const NFDS: readonly bigint[] = [0n, 1n, 2n, 3n, 4n];
+const NFDS: readonly bigint[] = Array.from({ length: 65 }, (_, i) => BigInt(i));
 
 /** Opens libc with `Deno.dlopen` and adapts it to {@link Libc}. */
 export function loadDenoLibc(): Libc {
@@ -57,6 +59,8 @@ export function loadDenoLibc(): Libc {
     },
     write: (fd, buf, count) => c.write(fd, buf, n(count)),
     preadAddr: (fd, addr, count, offset) => Number(c.pread(fd, n(addr), n(count), n(offset))),
+    recvAddr: (fd, addr, len, flags) => c.recv(fd, n(addr), n(len), flags),
+    send: (fd, buf, len, flags) => c.send(fd, buf, n(len), flags),
     poll: (fds, nfds, timeout) => c.poll(fds, NFDS[nfds] ?? BigInt(nfds), timeout),
     close: (fd) => c.close(fd),
     sysconf: (name) => Number(c.sysconf(name)),

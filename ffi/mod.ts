@@ -22,3 +22,23 @@ async function load(): Promise<Libc> {
 
 /** libc, opened once per thread (each Worker opens its own). */
 export const libc: Libc = await load();
+
+/**
+ * An environment variable: its value, undefined when unset, or null when this process may not
+ * read it (Deno without --allow-env; asked without a permission prompt).
+ */
+export function envVar(name: string): string | undefined | null {
+  const deno = (globalThis as {
+    Deno?: {
+      permissions: { querySync(d: { name: "env"; variable: string }): { state: string } };
+      env: { get(n: string): string | undefined };
+    };
+  }).Deno;
+  if (deno) {
+    return deno.permissions.querySync({ name: "env", variable: name }).state === "granted"
+      ? deno.env.get(name)
+      : null;
+  }
+  const proc = (globalThis as { process?: { env: Record<string, string | undefined> } }).process;
+  return proc?.env[name];
+}

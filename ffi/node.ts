@@ -37,6 +37,8 @@ const declarations = {
   read: "intptr_t read(int, uint8_t *, size_t)",
   write: "intptr_t write(int, uint8_t *, size_t)",
   pread: "intptr_t pread(int, uintptr_t, size_t, int64_t)",
+  recv: "int recv(int, uintptr_t, size_t, int)", // ssize_t, read as int: len < 2 GiB
+  send: "intptr_t send(int, uint8_t *, size_t, int)",
   poll: "int poll(uint8_t *, uint64_t, int)",
   close: "int close(int)",
   sysconf: "long sysconf(int)",
@@ -162,7 +164,7 @@ export async function loadNodeLibc(): Promise<Libc> {
   if (isMainThread) guardExit(proc, fs, c.syscall);
   const { syscall, ioctl, open, read, write, pread, poll, close, sysconf, mmap } = c;
   const { munmap, madvise, mprotect, mremap, memfd_create, ftruncate, fallocate } = c;
-  const { socketpair, sendmsg, recvmsg, memcpy } = c;
+  const { socketpair, sendmsg, recvmsg, memcpy, recv, send } = c;
   return {
     runtime: "node",
     errno: () => errnoWord[0],
@@ -172,6 +174,8 @@ export async function loadNodeLibc(): Promise<Libc> {
     read: (fd, buf, count) => read(fd, buf, count),
     write: (fd, buf, count) => write(fd, buf, count),
     preadAddr: (fd, addr, count, offset) => pread(fd, addr, count, offset),
+    recvAddr: (fd, addr, len, flags) => recv(fd, addr, len, flags),
+    send: (fd, buf, len, flags) => send(fd, buf, len, flags),
     poll: (fds, nfds, timeout) => poll(fds, nfds, timeout),
     close: (fd) => close(fd),
     sysconf: (name) => sysconf(name),

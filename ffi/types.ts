@@ -37,6 +37,13 @@ export interface Libc {
   write(fd: number, buf: Bytes, count: number): number;
   /** `ssize_t pread(int fd, void *buf, size_t count, off_t offset)` into an address. */
   preadAddr(fd: number, addr: number, count: number, offset: number): number;
+  /**
+   * `ssize_t recv(int fd, void *buf, size_t len, int flags)` into an address (a socket's bytes
+   * straight into memory the caller keeps alive). The result is read as a 32-bit int: `len` < 2 GiB.
+   */
+  recvAddr(fd: number, addr: number, len: number, flags: number): number;
+  /** `ssize_t send(int fd, const void *buf, size_t len, int flags)`. */
+  send(fd: number, buf: Bytes, len: number, flags: number): number;
   /** `int poll(struct pollfd *fds, nfds_t nfds, int timeout)`. */
   poll(fds: Bytes, nfds: number, timeout: number): number;
   /** `long sysconf(int name)`. */

@@ -17,6 +17,7 @@ import {
   CTRL_COUNT,
   ERROR_BYTES,
   type ErrorPolicy,
+  FETCH_PATH,
   PAGE,
   type Placement,
   REGION_WORDS,
@@ -234,6 +235,14 @@ export interface FaultServerStats {
   fetchMeanMs: number;
   /** url source: the slowest successful range request, ms. */
   fetchMaxMs: number;
+  /**
+   * url source: how the fetcher makes its requests now. `"raw"`: over libc sockets, each body read
+   * with recv(2) straight into the chunk cache (`http://` URLs without a proxy variable set);
+   * `"fetch"`: the runtime's `fetch()` (`https://`, a proxy, or after the raw path met a redirect
+   * or a chunked or encoded body, from then on); `"none"`: no fetcher (another source), or not
+   * started yet.
+   */
+  fetchPath: "raw" | "fetch" | "none";
 }
 
 /** Life cycle of a {@link FaultServer}'s Worker. */
@@ -740,6 +749,11 @@ export class FaultServer {
       fetchErrors: s[STAT.fetchErrors],
       fetchMeanMs: s[STAT.fetchCount] > 0 ? s[STAT.fetchUs] / s[STAT.fetchCount] / 1000 : 0,
       fetchMaxMs: s[STAT.fetchMaxUs] / 1000,
+      fetchPath: s[STAT.fetchPath] === FETCH_PATH.raw
+        ? "raw"
+        : s[STAT.fetchPath] === FETCH_PATH.fetch
+        ? "fetch"
+        : "none",
     };
   }
 

@@ -62,9 +62,18 @@ export const STAT = {
   fetchErrors: 36,
   /** url source: faults that found their chunk in the memory cache. */
   memoryHits: 37,
+  /** url source: how the fetcher makes its requests now, a {@link FETCH_PATH} value (0 before it starts). */
+  fetchPath: 38,
 } as const;
 /** Number of counters. */
-export const STAT_COUNT = 38;
+export const STAT_COUNT = 39;
+
+/**
+ * How a url source's fetcher makes its requests (`STAT.fetchPath`): `raw`, range requests over
+ * libc sockets read with recv(2) straight into the cache (`http://`); `fetch`, the runtime's
+ * `fetch()` (`https://`, a proxy, or after the raw path met an answer it does not handle).
+ */
+export const FETCH_PATH = { none: 0, fetch: 1, raw: 2 } as const;
 
 /** Index of each control word in the Int32Array of control. */
 export const CTRL = {
@@ -199,6 +208,21 @@ export interface UrlInit {
   slotOf: SharedArrayBuffer;
   /** eventfd the fetcher signals when a chunk is ready or failed. */
   doneFd: number;
+  /**
+   * How the serving thread hands chunk requests to the fetcher: `raw`, through `ring` and `reqFd`
+   * (the fetcher then polls its sockets and `reqFd` in one synchronous loop); `fetch`, a message
+   * on the fetcher's MessagePort.
+   */
+  fetchPath: "raw" | "fetch";
+  /**
+   * The request ring of the `raw` path (Int32Array): word 0 counts the entries pushed (producers
+   * reserve one with Atomics.add), word 1 those taken (the fetcher alone), then a power-of-two
+   * number of entries, each a chunk index or -1 (empty or not yet written). It holds at least one
+   * entry per cache slot: every request not taken yet holds a slot in the FETCHING state.
+   */
+  ring: SharedArrayBuffer;
+  /** eventfd a serving thread signals after pushing into `ring`. */
+  reqFd: number;
 }
 
 /** States of a url source's chunk. */

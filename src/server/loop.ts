@@ -616,6 +616,8 @@ export async function serve(
   const slotStamp = new Float64Array(nSlots);
   const parkedOn = new Int32Array(nChunks); // faults parked on each chunk (it may not be evicted)
   const isWanted = new Uint8Array(nChunks);
+  // Chunks evicted with no empty page left: readahead never fetches them again (a fault still does).
+  const isSpent = new Uint8Array(nChunks);
   const wantedQ = new Int32Array(Math.max(1, nChunks));
   let nWanted = 0;
   const parked = new Float64Array(Math.max(64, init.batch * 8));
@@ -629,6 +631,9 @@ export async function serve(
     : undefined;
   const cacheBase = cacheView ? libc.addressOf(cacheView) : 0;
   const seqAhead = urlSrc ? Math.max(1, Math.min(urlSrc.concurrency, nSlots >> 2)) : 1;
+  const ring = urlSrc?.fetchPath === "raw" ? new Int32Array(urlSrc.ring) : undefined;
+  const ringMask = ring ? ring.length - 3 : 0; // entries: a power of two
+  const ringWake = new Uint8Array([1, 0, 0, 0, 0, 0, 0, 0]); // eventfd: add 1
 
   /** A free cache slot, or the least recently used one whose chunk is done and awaited by no fault. */
   function slotFor(): number {
@@ -657,10 +662,16 @@ export async function serve(
     const pick = spent >= 0 ? spent : free >= 0 ? free : best;
     if (pick >= 0 && slotChunk[pick] >= 0) {
       const old = slotChunk[pick];
+      if (pick === spent) isSpent[old] = 1;
       slotOfChunk[old] = -1;
       Atomics.store(urlChunk, old, CHUNK_STATE.absent);
     }
     return pick;
+  }
+
+  /** Readahead: asks for chunk c unless its slot went to another chunk because it was spent. */
+  function readAhead(c: number): void {
+    if (c < nChunks && isSpent[c] === 0) request(c);
   }
 
   /** Asks the fetcher for chunk c (once), into a slot; without a free slot it waits in wantedQ. */
@@ -675,12 +686,18 @@ export async function serve(
       return;
     }
     isWanted[c] = 0;
+    isSpent[c] = 0;
     slotChunk[s] = c;
     slotStamp[s] = ++stamp;
     slotOfChunk[c] = s;
     Atomics.store(urlChunk, c, CHUNK_STATE.fetching);
     fetching++;
-    fetchPort!.postMessage(c); // one message per chunk (not per fault)
+    // One request per chunk (not per fault): into the ring (raw path) or a message.
+    if (ring) {
+      const i = Atomics.add(ring, 0, 1) & ringMask;
+      Atomics.store(ring, 2 + i, c);
+      libc.write(urlSrc!.reqFd, ringWake, 8);
+    } else fetchPort!.postMessage(c);
   }
 
   /**
@@ -699,7 +716,7 @@ export async function serve(
     if (st !== CHUNK_STATE.ready) {
       if (st === CHUNK_STATE.absent) request(c);
       // Sequential faults: the chunk before this one is done, so ask for the next one too.
-      if (c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready) request(c + 1);
+      if (c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready) readAhead(c + 1);
       parked[nParked++] = p;
       parkedOn[c]++;
       return true;
@@ -716,7 +733,7 @@ export async function serve(
     // chunk before is cached too (a sequential stream) several next ones, fetched in parallel.
     if (b > lo + (ppc >> 1)) {
       const ahead = c > 0 && Atomics.load(urlChunk, c - 1) === CHUNK_STATE.ready ? seqAhead : 1;
-      for (let k = 1; k <= ahead; k++) request(c + k);
+      for (let k = 1; k <= ahead; k++) readAhead(c + k);
     }
     precount(b - a);
     let k = finish(p, a, b, placeFrom(ioctl.UFFDIO_COPY, a, b - a, FROM_CACHE));

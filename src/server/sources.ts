@@ -12,7 +12,7 @@
  * `memfd` is neither: its pages are already in the page cache and are only mapped (CONTINUE).
  * @module
  */
-import { libc } from "../../ffi/mod.ts";
+import { envVar, libc } from "../../ffi/mod.ts";
 import { invalid, UffdError } from "../errors.ts";
 import { describeValue, showValue } from "../checks.ts";
 import { alignedSharedBytes, Mapping, pageSize as systemPageSize } from "../memory.ts";
@@ -342,6 +342,13 @@ function openUrl(src: UrlPageSource): OpenedSource {
   ) {
     if (!Number.isInteger(v) || v < min) throw bad(`${k} must be a whole number >= ${min} (got ${v})`);
   }
+  for (const [k, v] of Object.entries(src.headers ?? {})) {
+    if (typeof v !== "string" || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(k) || /[\r\n\0]/.test(v)) {
+      throw bad(
+        `headers: ${JSON.stringify(k)} must be a header name with a string value without CR, LF or NUL`,
+      );
+    }
+  }
   const chunks = Math.ceil(src.length / chunkSize);
   if (src.sha256 !== undefined && (!Array.isArray(src.sha256) || src.sha256.length !== chunks)) {
     throw bad(`sha256 must list one digest (or null) per ${chunkSize}-byte chunk: ${chunks} expected`);
@@ -351,12 +358,19 @@ function openUrl(src: UrlPageSource): OpenedSource {
   const done = new EventFd();
   const state = new Int32Array(new SharedArrayBuffer(chunks * 4));
   const slotOf = new Int32Array(new SharedArrayBuffer(chunks * 4)).fill(-1);
+  const ringSize = 1 << Math.ceil(Math.log2(Math.max(2, slots)));
+  const ring = new Int32Array(new SharedArrayBuffer((2 + ringSize) * 4)).fill(-1, 2);
+  const fetchPath = rawPathFor(src.url);
+  const req = new EventFd();
   return {
     length: src.length,
     owned: [],
     hold: [],
     fetcher: true,
-    release: () => done.close(),
+    release: () => {
+      done.close();
+      req.close();
+    },
     init: () => ({
       kind: "url",
       url: src.url,
@@ -375,8 +389,26 @@ function openUrl(src: UrlPageSource): OpenedSource {
       state: state.buffer as SharedArrayBuffer,
       slotOf: slotOf.buffer as SharedArrayBuffer,
       doneFd: done.fd,
+      fetchPath,
+      ring: ring.buffer as SharedArrayBuffer,
+      reqFd: req.fd,
     }),
   };
+}
+
+/**
+ * Whether the fetcher can take the raw path for `url` (`http://` without credentials in the URL,
+ * no proxy variable set): otherwise `fetch()` makes the requests, as it honours proxies.
+ * A process that may not read its environment (Deno without --allow-env) takes `fetch()`.
+ */
+function rawPathFor(url: string): "raw" | "fetch" {
+  const u = new URL(url);
+  if (u.protocol !== "http:" || u.username || u.password) return "fetch";
+  for (const name of ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]) {
+    const v = envVar(name);
+    if (v === null || (v !== undefined && v !== "")) return "fetch";
+  }
+  return "raw";
 }
 
 /** A file's length (lseek to the end). */

@@ -1,7 +1,8 @@
 // A real nginx (Debian's nginx-light) on a loopback port, started by the test with a config it
 // writes: /ok/ serves ranges, /norange/ ignores them (200), /close/ drops the connection on every
 // range but the opening probe, /slow/ sends those at 16 KiB/s, /paced/ sends everything at 20 MB/s
-// (so that requests last long enough to be seen overlapping). The access log records each range
+// (so that requests last long enough to be seen overlapping), /once/ closes each connection after
+// its first response (keepalive_requests 1). The access log records each range
 // request's end time and duration, so a test can see which requests overlapped.
 import { spawn, spawnSync } from "node:child_process";
 import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
@@ -26,10 +27,23 @@ export function noNginx(): string | false {
 export interface Nginx {
   /** `http://127.0.0.1:PORT`. */
   base: string;
+  /** `http://[::1]:PORT` when this machine has IPv6 loopback (nginx listens there too), else undefined. */
+  base6: string | undefined;
   /** The directory it serves (put files here). */
   root: string;
-  /** Range requests logged so far: [start ms, end ms, range header, status, uri]. */
-  requests(): { start: number; end: number; range: string; status: number; uri: string }[];
+  /**
+   * Range requests logged so far: start and end (ms), range header, status, uri, nginx's
+   * connection serial number and the request's number on that connection (1 = its first).
+   */
+  requests(): {
+    start: number;
+    end: number;
+    range: string;
+    status: number;
+    uri: string;
+    connection: number;
+    connectionRequests: number;
+  }[];
   /** Stops it and removes its directory. */
   stop(): Promise<void>;
 }
@@ -45,6 +59,15 @@ async function freePort(): Promise<number> {
   });
 }
 
+/** Whether `host`:`port` can be listened on (IPv6 loopback may be missing). */
+async function bindable(host: string, port: number): Promise<boolean> {
+  return await new Promise((resolve) => {
+    const s = createServer();
+    s.on("error", () => resolve(false));
+    s.listen(port, host, () => s.close(() => resolve(true)));
+  });
+}
+
 /** Starts nginx on a free loopback port; resolves once it answers. */
 export async function startNginx(): Promise<Nginx> {
   const bin = nginxBinary();
@@ -55,6 +78,7 @@ export async function startNginx(): Promise<Nginx> {
   spawnSync("mkdir", ["-p", root, join(dir, "tmp")]);
   chmodSync(root, 0o755);
   const port = await freePort();
+  const v6 = await bindable("::1", port);
   const log = join(dir, "access.log");
   const asRoot = libc.syscall(102 /* getuid */) === 0; // (process.getuid needs --allow-sys in Deno)
   writeFileSync(
@@ -65,7 +89,7 @@ error_log ${dir}/error.log;
 pid ${dir}/nginx.pid;
 events { worker_connections 256; }
 http {
-  log_format ranges '$msec $request_time "$http_range" $status $uri';
+  log_format ranges '$msec $request_time "$http_range" $status $uri $connection $connection_requests';
   access_log ${log} ranges;
   client_body_temp_path ${dir}/tmp/body;
   proxy_temp_path ${dir}/tmp/proxy;
@@ -75,12 +99,13 @@ http {
   types { }
   default_type application/octet-stream;
   server {
-    listen 127.0.0.1:${port};
+    listen 127.0.0.1:${port};${v6 ? `\n    listen [::1]:${port};` : ""}
     location /ok/ { alias ${root}/; }
     location /norange/ { alias ${root}/; max_ranges 0; }
     location /close/ { alias ${root}/; if ($http_range != "bytes=0-0") { return 444; } }
     location /slow/ { alias ${root}/; if ($http_range != "bytes=0-0") { set $limit_rate 16k; } }
     location /paced/ { alias ${root}/; limit_rate 20m; }
+    location /once/ { alias ${root}/; keepalive_requests 1; }
   }
 }
 `,
@@ -107,12 +132,21 @@ http {
   }
   return {
     base,
+    base6: v6 ? `http://[::1]:${port}` : undefined,
     root,
     requests: () =>
       readIf(log).split("\n").filter((l) => l.includes("bytes=")).map((l) => {
-        const m = l.match(/^(\S+) (\S+) "([^"]*)" (\d+) (\S+)/)!;
+        const m = l.match(/^(\S+) (\S+) "([^"]*)" (\d+) (\S+) (\d+) (\d+)/)!;
         const end = Number(m[1]) * 1000;
-        return { start: end - Number(m[2]) * 1000, end, range: m[3], status: Number(m[4]), uri: m[5] };
+        return {
+          start: end - Number(m[2]) * 1000,
+          end,
+          range: m[3],
+          status: Number(m[4]),
+          uri: m[5],
+          connection: Number(m[6]),
+          connectionRequests: Number(m[7]),
+        };
       }),
     stop: async () => {
       if (child.exitCode === null) child.kill("SIGQUIT");
