@@ -214,6 +214,42 @@ describe("mutants: the fault loop's failure branches (src/server/loop.ts finish,
     },
   );
 
+  it(
+    "a faulting page placed behind the server's back while its source ran is woken, the source not asked again",
+    T,
+    async () => {
+      const gate = new Gate(2 * PS, PS);
+      const server = await FaultServer.start({
+        source: gate.source(8),
+        onError: { retries: 0, then: "zero" },
+      });
+      const t = new Toucher();
+      try {
+        const read = t.read(server.address + 2 * PS);
+        await gate.reached();
+        server.uffd.zeropage({ start: server.address + 2 * PS, len: PS, dontwake: true });
+        gate.open(); // the window [2, 3) answers EEXIST at the faulting page itself
+        assert.equal(
+          (await within(read, 5000, "the faulting page")).first,
+          0,
+          "the zeros placed behind its back",
+        );
+        await waitFor(() => server.stats.wakes === 1, "one UFFDIO_WAKE (counted after the ioctl)");
+        const s = server.stats;
+        // kills `a !== p` -> true in finish (page 2 placed alone: the source asked a second time)
+        assert.equal(Atomics.load(gate.ctl, 5), 1, "the source was asked once");
+        assert.equal(s.eexist, 1);
+        assert.equal(s.errors, 0, server.lastError);
+        assert.equal(s.pages, 0);
+        assert.equal(s.bytes, 0);
+      } finally {
+        gate.open();
+        t.close();
+        server.close();
+      }
+    },
+  );
+
   for (const withEvent of [false, true]) {
     it(
       `a source failing on the faulting page alone is resolved by the policy${
@@ -363,6 +399,40 @@ describe("mutants: placements the kernel refuses (src/server/loop.ts finish, fin
       }
     },
   );
+});
+
+describe("mutants: the working-set record (src/server/loop.ts finish, finishSingle)", () => {
+  it("records each window and each page placed alone, in first-touch order", T, async () => {
+    const data = new Uint8Array(new SharedArrayBuffer(12 * PS));
+    for (let k = 0; k < 12; k++) data.fill(srcByte(k), k * PS, (k + 1) * PS);
+    using mapping = Mapping.anonymous(12 * PS);
+    mapping.bytes().fill(0x33, 9 * PS, 10 * PS); // present before registration: cuts the window [8, 12)
+    const server = await FaultServer.start({
+      source: { kind: "bytes", data },
+      mapping,
+      readahead: 4,
+      record: true,
+    });
+    try {
+      using pk = new Peeker();
+      assert.equal(pk.byte(mapping.start + 5 * PS), srcByte(5));
+      await waitFor(() => server.stats.pages === 4, "window [4, 8)");
+      assert.equal(pk.byte(mapping.start + 10 * PS), srcByte(10));
+      await waitFor(() => server.stats.pages === 6, "page 8 by the window [8, 12), then page 10 alone");
+      assert.equal(pk.byte(mapping.start + 2 * PS), srcByte(2));
+      await waitFor(() => server.stats.pages === 10, "window [0, 4)");
+      // recorded after the ioctl that woke the reader
+      await waitFor(
+        () => server.workingSet().runs.some(([a]) => a === 0),
+        "the run of [0, 4) recorded",
+        2000,
+      );
+      // kills `rec !== undefined` -> false / `rec === undefined` in finish (windows not recorded)
+      assert.deepEqual(server.workingSet().runs, [[4, 5], [10, 1], [0, 4]], "[4, 8) and [8, 9) coalesced");
+    } finally {
+      server.close();
+    }
+  });
 });
 
 describe("mutants: adaptive windows at a region's first pages (src/server/loop.ts windowFor)", () => {
