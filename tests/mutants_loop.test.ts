@@ -250,6 +250,43 @@ describe("mutants: the fault loop's failure branches (src/server/loop.ts finish,
     },
   );
 
+  it(
+    "a window stopped by the faulting page itself (placed behind the server's back) wakes its faulter",
+    T,
+    async () => {
+      const gate = new Gate(0, 4 * PS); // the window [0, 4) of a fault on page 2
+      const server = await FaultServer.start({
+        source: gate.source(8),
+        readahead: 4,
+        onError: { retries: 0, then: "zero" },
+      });
+      const t = new Toucher();
+      try {
+        const read = t.read(server.address + 2 * PS);
+        await gate.reached();
+        server.uffd.zeropage({ start: server.address + 2 * PS, len: PS, dontwake: true });
+        gate.open(); // COPY places pages 0 and 1, then stops at page 2: exactly the faulting page
+        // kills `a + done > p` -> `>=` in finish (done without placing page 2: its faulter never woken)
+        assert.equal(
+          (await within(read, 5000, "the faulting page")).first,
+          0,
+          "the zeros placed behind its back",
+        );
+        await waitFor(() => server.stats.wakes === 1, "one UFFDIO_WAKE (counted after the ioctl)");
+        const s = server.stats;
+        assert.equal(s.pages, 2, "pages 0 and 1");
+        assert.equal(s.eagain, 1, "one window stopped short");
+        assert.equal(s.errors, 0, server.lastError);
+        using pk = new Peeker();
+        assert.equal(pk.byte(server.address + PS + 9), srcByte(1));
+      } finally {
+        gate.open();
+        t.close();
+        server.close();
+      }
+    },
+  );
+
   for (const withEvent of [false, true]) {
     it(
       `a source failing on the faulting page alone is resolved by the policy${
@@ -429,6 +466,27 @@ describe("mutants: the working-set record (src/server/loop.ts finish, finishSing
       );
       // kills `rec !== undefined` -> false / `rec === undefined` in finish (windows not recorded)
       assert.deepEqual(server.workingSet().runs, [[4, 5], [10, 1], [0, 4]], "[4, 8) and [8, 9) coalesced");
+    } finally {
+      server.close();
+    }
+  });
+});
+
+describe("mutants: a window ends at a page that is not empty (src/server/loop.ts windowFor)", () => {
+  it("a dropped page that was never placed stays zeros when a window reaches it", T, async () => {
+    const data = new Uint8Array(new SharedArrayBuffer(8 * PS));
+    for (let k = 0; k < 8; k++) data.fill(srcByte(k), k * PS, (k + 1) * PS);
+    const server = await FaultServer.start({ source: { kind: "bytes", data }, readahead: 4 }); // onRemove "zero"
+    try {
+      server.mapping.dontneed(2 * PS, PS); // not present in the kernel, but removed for the server
+      await waitFor(() => server.stats.removed === 1, "REMOVE of page 2");
+      using pk = new Peeker();
+      assert.equal(pk.byte(server.address + PS + 3), srcByte(1));
+      await waitFor(() => server.stats.pages === 2, "window [0, 2)");
+      // kills `pages[hi] === PAGE.empty` -> true (the window [0, 4) would COPY the source into page 2)
+      assert.equal(pk.byte(server.address + 2 * PS + 3), 0, "zeros, as madvise promises");
+      assert.equal(pk.byte(server.address + 3 * PS + 3), srcByte(3));
+      assert.equal(server.stats.pages, 3, "pages 0, 1 and 3 from the source");
     } finally {
       server.close();
     }
