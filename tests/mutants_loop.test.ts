@@ -2,8 +2,9 @@
 // StrykerJS left alive (tests/README.md "Mutation testing"): each test here makes the loop take one
 // branch that no other test reaches deterministically (a placement answered EAGAIN, EEXIST, EFAULT,
 // ESRCH or a source failure, for a window or for the faulting page alone; a window at a region's
-// first pages) and checks what the branch must do, so the mutants that change it fail here. Served
-// memory is only touched from Workers with deadlines (Toucher, Peeker).
+// first pages or before a dropped page; the working-set record) and checks what the branch must do,
+// so the mutants that change it fail here. Served memory is only touched from Workers with deadlines
+// (Toucher, Peeker).
 import { describe, it } from "node:test";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from "node:fs";
@@ -78,7 +79,12 @@ async function raiseRemove(
   const w = new Worker(new URL("./helpers/madvise_worker.ts", import.meta.url), { type: "module" });
   const done = new Promise<number>((resolve) => (w.onmessage = (e) => resolve(e.data)));
   w.postMessage({ addr, len, advice: MADV_DONTNEED });
-  await waitFor(() => readable(server.uffd.fd), "the REMOVE event pending");
+  try {
+    await waitFor(() => readable(server.uffd.fd), "the REMOVE event pending");
+  } catch (e) {
+    w.terminate();
+    throw e;
+  }
   return { done, [Symbol.dispose]: () => w.terminate() };
 }
 
