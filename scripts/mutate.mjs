@@ -15,7 +15,12 @@ const CORE = [
   "tests/lifecycle.test.ts",
 ];
 const TESTS = [
-  [/^src\/server\//, ["tests/regressions.test.ts", "tests/mutants.test.ts", "tests/server.test.ts"]],
+  [/^src\/server\//, [
+    "tests/mutants_loop.test.ts",
+    "tests/regressions.test.ts",
+    "tests/mutants.test.ts",
+    "tests/server.test.ts",
+  ]],
   [/^src\/snapshot\//, ["tests/snapshot.test.ts", "tests/restore.test.ts"]],
   [/^src\/(structs|errors|memory|events|userfaultfd|checks|abi|eventfd|unix)\.ts$/, CORE],
   [/^src\/pagemap\.ts$/, ["tests/regressions.test.ts", "tests/selftests_wp.test.ts", "tests/ops.test.ts"]],

@@ -60,6 +60,8 @@ export interface Sender {
   out: () => string;
   exited: Promise<number | null>;
   closeConn(): void;
+  /** Ends the fixture with SIGKILL (its descriptor here stays open). */
+  kill(): void;
   close(): void;
 }
 
@@ -87,7 +89,8 @@ export function startSender(mode: string): Sender {
     conn = libc.syscall(288, /* accept4 */ l.fd, 0, 0, O_CLOEXEC);
     assert.ok(conn >= 0, `accept4: errno ${libc.errno()}`);
     assert.ok(pollIn(conn, 10000), "the fixture sent nothing within 10 s");
-    return { fd: recvFd(conn), out: () => out, exited, closeConn, close };
+    const kill = (): void => void child.kill("SIGKILL");
+    return { fd: recvFd(conn), out: () => out, exited, closeConn, kill, close };
   } catch (e) {
     close();
     throw e;
