@@ -81,7 +81,9 @@ function wp(m: WpInit): void {
   const region = Mapping.adopt(m.start, m.len);
   const buf = new EventBuffer(32);
   // Reused option objects and the buffer's allocation-free accessors: nothing allocated per fault.
-  const wait = { timeout: -1 };
+  // poll(2)'s largest timeout (about 24 days), as C's poll(-1): readEvents refuses a negative one,
+  // and without a timeout a read of this non-blocking descriptor would not wait at all.
+  const wait = { timeout: 2 ** 31 - 1 };
   const unprotect = { start: 0, len: PS, wp: false };
   Atomics.add(ctrl, READY, 1);
   Atomics.notify(ctrl, READY);

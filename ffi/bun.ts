@@ -43,12 +43,19 @@ const symbols = {
   memcpy: { args: ["u64", "u64", "u64"], returns: "u64_fast" }, // void *(void *, const void *, size_t)
 } as const;
 
+/** memcpy again, with the destination a buffer (copyInto). */
+const toBuffer = {
+  memcpy: { args: ["buffer", "u64", "u64"], returns: "u64_fast" }, // void *(void *, const void *, size_t)
+} as const;
+
 /** Opens libc with `bun:ffi` and adapts it to {@link Libc}. */
 export async function loadBunLibc(): Promise<Libc> {
   const specifier = ["bun", "ffi"].join(":");
   const ffi = (await import(specifier)) as BunFfi;
   // deno-lint-ignore no-explicit-any
   const c = ffi.dlopen("libc.so.6", symbols).symbols as any;
+  // deno-lint-ignore no-explicit-any
+  const cb = ffi.dlopen("libc.so.6", toBuffer).symbols as any;
   const errnoAddr = c.__errno_location() as number;
   const bun = (globalThis as unknown as { Bun: { argv: string[] } }).Bun;
   return {
@@ -78,6 +85,9 @@ export async function loadBunLibc(): Promise<Libc> {
     recvmsg: (fd, msg, flags) => c.recvmsg(fd, msg, flags),
     memcpy: (dst, src, n) => {
       c.memcpy(dst, src, n);
+    },
+    copyInto: (src, _length, offset, dest) => {
+      cb.memcpy(dest, src + offset, dest.byteLength);
     },
     addressOf: (buf: Bytes | ArrayBuffer | SharedArrayBuffer) =>
       ffi.ptr(ArrayBuffer.isView(buf) ? buf : new Uint8Array(buf)),

@@ -43,6 +43,10 @@ export function loadDenoLibc(): Libc {
   const errnoView = new Deno.UnsafePointerView(c.__errno_location()!);
   let readLen = -1;
   let readLenBig = 0n;
+  // copyInto's view of its last source range (a source's base and length: one view per source).
+  let copySrc = -1;
+  let copyLen = -1;
+  let copyView = new Uint8Array(0);
   return {
     runtime: "deno",
     errno: () => errnoView.getInt32(),
@@ -77,6 +81,16 @@ export function loadDenoLibc(): Libc {
     recvmsg: (fd, msg, flags) => Number(c.recvmsg(fd, msg, flags)),
     memcpy: (dst, src, len) => {
       c.memcpy(n(dst), n(src), n(len));
+    },
+    copyInto: (src, length, offset, dest) => {
+      if (src !== copySrc || length !== copyLen) {
+        copyView = new Uint8Array(
+          Deno.UnsafePointerView.getArrayBuffer(Deno.UnsafePointer.create(BigInt(src))!, length),
+        );
+        copySrc = src;
+        copyLen = length;
+      }
+      dest.set(copyView.subarray(offset, offset + dest.byteLength));
     },
     addressOf: (buf: Bytes | ArrayBuffer | SharedArrayBuffer) =>
       Number(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buf as BufferSource))),

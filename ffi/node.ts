@@ -54,6 +54,7 @@ const declarations = {
   sendmsg: "intptr_t sendmsg(int, uint8_t *, int)",
   recvmsg: "intptr_t recvmsg(int, uint8_t *, int)",
   memcpy: "uintptr_t memcpy(uintptr_t, uintptr_t, size_t)",
+  memcpyInto: "uintptr_t memcpy(uint8_t *, uintptr_t, size_t)", // copyInto: the destination a buffer
 } as const;
 
 type Fn = (...args: unknown[]) => number;
@@ -164,7 +165,7 @@ export async function loadNodeLibc(): Promise<Libc> {
   if (isMainThread) guardExit(proc, fs, c.syscall);
   const { syscall, ioctl, open, read, write, pread, poll, close, sysconf, mmap } = c;
   const { munmap, madvise, mprotect, mremap, memfd_create, ftruncate, fallocate } = c;
-  const { socketpair, sendmsg, recvmsg, memcpy, recv, send } = c;
+  const { socketpair, sendmsg, recvmsg, memcpy, memcpyInto, recv, send } = c;
   return {
     runtime: "node",
     errno: () => errnoWord[0],
@@ -192,6 +193,9 @@ export async function loadNodeLibc(): Promise<Libc> {
     recvmsg: (fd, msg, fl) => recvmsg(fd, msg, fl),
     memcpy: (dst, src, n) => {
       memcpy(dst, src, n);
+    },
+    copyInto: (src, _length, offset, dest) => {
+      memcpyInto(dest, src + offset, dest.byteLength);
     },
     addressOf: (buf: Bytes | ArrayBuffer | SharedArrayBuffer) =>
       Number(koffi.address(ArrayBuffer.isView(buf) ? buf : new Uint8Array(buf))),

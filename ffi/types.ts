@@ -87,6 +87,16 @@ export interface Libc {
   recvmsg(fd: number, msg: Bytes, flags: number): number;
   /** `void *memcpy(void *dst, const void *src, size_t n)` between addresses. */
   memcpy(dst: number, src: number, n: number): void;
+  /**
+   * Copies `dest.byteLength` bytes from address `src + offset` into `dest`, for hot loops:
+   * `[src, src + length)` is the memory the calls may read (a source's base address and length,
+   * the same on every call, the offset varying). Bun and Node call libc's memcpy (nothing
+   * allocated per call); Deno keeps one non-shared view of the range and copies with
+   * `TypedArray.set` from a subarray of it (a number where Deno takes a 64-bit integer costs its
+   * slow call path, more than that view), which is V8's memmove, where a view of a
+   * SharedArrayBuffer copies word by word.
+   */
+  copyInto(src: number, length: number, offset: number, dest: Uint8Array): void;
   /** The address of a buffer's first byte. The caller must keep `buf` referenced. */
   addressOf(buf: Bytes | ArrayBuffer | SharedArrayBuffer): number;
   /** An ArrayBuffer over `len` bytes at `addr` (no copy). Invalid after munmap. */

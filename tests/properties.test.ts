@@ -63,6 +63,7 @@ const SIGNATURES: Record<string, string> = {
   sendmsg: "ibi",
   recvmsg: "ibi",
   memcpy: "zzz",
+  copyInto: "zzzb",
 };
 
 interface Call {

@@ -357,13 +357,18 @@ export async function serve(
     return j;
   }
 
-  /** Copies the source bytes of pages [a, a+n) into the staging area, zero past the source's end. */
+  /**
+   * Copies the source bytes of pages [a, a+n) into the staging area, zero past the source's end.
+   * The usual case is one copyInto from the source's address (libc's memcpy, or V8's memmove from a
+   * non-shared view: not its word-by-word copy out of a SharedArrayBuffer view).
+   */
   function stage(a: number, n: number): void {
     const st = stagingFor(n);
     const off = a * ps;
     const have = Math.min(n * ps, Math.max(0, srcLen - off));
+    if (have === n * ps) return libc.copyInto(srcBase, srcLen, off, st);
     if (have > 0) st.set(srcView!.subarray(off, off + have));
-    if (have < n * ps) st.fill(0, have);
+    st.fill(0, have);
   }
 
   /**
@@ -789,13 +794,14 @@ export async function serve(
     return k === DONE;
   }
 
-  // The most common configuration, no readahead and COPY straight from the source's address,
-  // takes a shorter path: resolveDirect does what resolveSync does for it (window [p, p + 1),
-  // placeSync's copy from FROM_SOURCE) without the dispatch through begin, windowFor and
-  // placeSync, so less code runs per fault. Anything else about the page (not empty, past the
-  // source's end) goes the general way.
-  const direct = placement === "copy" && !table && !urlSrc && !fill && srcView !== undefined &&
-    ra.mode === "fixed" && minW === 1;
+  // The most common configurations, no readahead and COPY straight from the source's address (or
+  // MOVE of the page staged from it), take a shorter path: resolveDirect does what resolveSync
+  // does for them (window [p, p + 1), placeSync's copy from FROM_SOURCE or stage and move) without
+  // the dispatch through begin, windowFor and placeSync, so less code runs per fault. Anything
+  // else about the page (not empty, past the source's end) goes the general way.
+  const direct = (placement === "copy" || placement === "move") && !table && !urlSrc && !fill &&
+    srcView !== undefined && ra.mode === "fixed" && minW === 1;
+  const directMove = placement === "move";
 
   /** resolveSync for the direct configuration. */
   function resolveDirect(p: number): boolean {
@@ -803,7 +809,14 @@ export async function serve(
     winA = p;
     winB = lastEnd = p + 1;
     precount(1);
-    let k = finish(p, p, p + 1, placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_SOURCE));
+    let r: number;
+    if (directMove) {
+      stage(p, 1);
+      r = placeFrom(ioctl.UFFDIO_MOVE, p, 1, FROM_STAGING);
+    } else {
+      r = placeFrom(ioctl.UFFDIO_COPY, p, 1, FROM_SOURCE);
+    }
+    let k = finish(p, p, p + 1, r);
     if (k === SINGLE) {
       precount(1);
       k = finishSingle(p, placeSync(p, 1));
