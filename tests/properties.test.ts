@@ -653,6 +653,9 @@ describe("property tests of the input checks (fast-check)", () => {
             // memory of the test's own (adopting what one does not own, then unmapping or protecting
             // it, would hit the runtime's memory); never remapped, so it stays ours
             if (method === "remap") method = "page";
+            // Adopting more than the area would hand the runtime's neighbouring memory to madvise
+            // and mprotect (a SIGSEGV under Node, seed 1678375464): adopt() cannot know the extent.
+            if (typeof length === "number" && length > adoptArea.length) return;
             const addr = adoptArea.start;
             m = expectTyped(
               "Mapping.adopt",
