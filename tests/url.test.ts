@@ -14,7 +14,7 @@ import { fileURLToPath } from "node:url";
 import { libc } from "../ffi/mod.ts";
 import { FaultServer, openUrlSource, UffdError } from "../mod.ts";
 import { runFaulters } from "./helpers/faulters.ts";
-import { type Nginx, noNginx, startNginx } from "./helpers/nginx.ts";
+import { mostAtOnce, type Nginx, noNginx, startNginx } from "./helpers/nginx.ts";
 import {
   cleanupVmms,
   compiler,
@@ -101,13 +101,7 @@ describe("url source against nginx", () => {
     }
     const reqs = ng!.requests().slice(before).filter((q) => q.range !== "bytes=0-0");
     assert.equal(reqs.length, 16);
-    let most = 0;
-    for (const q of reqs) {
-      most = Math.max(
-        most,
-        reqs.filter((o) => o.start < q.end && q.start < o.end).length,
-      );
-    }
+    const most = mostAtOnce(reqs);
     assert.ok(most >= 2, `at most ${most} request(s) in flight at once: not in parallel`);
     console.log(`url: up to ${most} range requests in flight at once`);
   });
@@ -174,13 +168,7 @@ describe("url source against nginx", () => {
       second.close();
     }
     const reqs = ng!.requests().slice(before).filter((q) => q.range !== "bytes=0-0");
-    let most = 0;
-    for (const q of reqs) {
-      most = Math.max(
-        most,
-        reqs.filter((o) => o.start < q.end && q.start < o.end).length,
-      );
-    }
+    const most = mostAtOnce(reqs);
     assert.ok(most >= 2, `the working set's chunks were fetched one at a time (${most})`);
   });
 

@@ -19,7 +19,7 @@ import { libc } from "../ffi/mod.ts";
 import { FaultServer, openUrlSource, UffdError } from "../mod.ts";
 import type { UrlPageSource } from "../src/server/url.ts";
 import { runFaulters } from "./helpers/faulters.ts";
-import { type Nginx, noNginx, startNginx } from "./helpers/nginx.ts";
+import { mostAtOnce, type Nginx, noNginx, startNginx } from "./helpers/nginx.ts";
 import { tempPath, writePatternFile } from "./helpers/vmm.ts";
 
 const MiB = 1 << 20;
@@ -88,13 +88,6 @@ async function misbehave(mode: string): Promise<string> {
     child.on("exit", (code) => reject(new Error(`misbehave ${mode} exited: ${code}`)));
   });
   return `http://127.0.0.1:${port}/f`;
-}
-
-/** The largest number of requests that overlapped in time. */
-function mostAtOnce(reqs: { start: number; end: number }[]): number {
-  let most = 0;
-  for (const q of reqs) most = Math.max(most, reqs.filter((o) => o.start < q.end && q.start < o.end).length);
-  return most;
 }
 
 describe("url source, raw path, against nginx", () => {

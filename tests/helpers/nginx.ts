@@ -165,3 +165,10 @@ function readIf(path: string): string {
     return "";
   }
 }
+
+/** The largest number of logged requests that overlapped in time. */
+export function mostAtOnce(reqs: { start: number; end: number }[]): number {
+  let most = 0;
+  for (const q of reqs) most = Math.max(most, reqs.filter((o) => o.start < q.end && q.start < o.end).length);
+  return most;
+}
