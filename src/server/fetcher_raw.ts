@@ -14,7 +14,8 @@
  */
 import { lookup } from "node:dns/promises";
 import { libc } from "../../ffi/mod.ts";
-import { errnoName } from "../errors.ts";
+import { ERRNO, errnoName } from "../errors.ts";
+import { POLLIN } from "../eventfd.ts";
 import { checkAnswer, type ChunkStore, shortBody, takeRing, tooLong } from "./fetcher.ts";
 import { CHUNK_STATE } from "./layout.ts";
 
@@ -30,10 +31,10 @@ const SOL_SOCKET = 1;
 const SO_ERROR = 4;
 const IPPROTO_TCP = 6;
 const MSG_NOSIGNAL = 0x4000;
-const POLLIN = 1;
 const POLLOUT = 4;
-const EINTR = 4;
-const EAGAIN = 11;
+// Module-local copies (read on every socket step).
+const EINTR = ERRNO.EINTR;
+const EAGAIN = ERRNO.EAGAIN;
 const EINPROGRESS = 115;
 /** Longest response head read (nginx's and S3's are well under 1 KiB). */
 const HEAD_BYTES = 16384;
