@@ -138,6 +138,28 @@ function guardExit(proc: NodeProcess, fs: typeof import("node:fs"), syscall: Fn)
 
 /** Opens libc with koffi and adapts it to {@link Libc}. Each Worker opens its own. */
 export async function loadNodeLibc(): Promise<Libc> {
+  const [{ isMainThread, workerData }, ww] = await Promise.all([
+    import("node:worker_threads"),
+    import("./web_worker.ts"),
+  ]);
+  ww.installWebWorker();
+  const gate = isMainThread ? undefined : (workerData as Record<string, unknown> | null)?.[ww.GATE_KEY];
+  if (gate instanceof Int32Array) {
+    // A thread of NodeWebWorker (ffi/web_worker.ts): its terminate() waits while this one
+    // initializes koffi, and when it came first this thread must not begin (it is ending).
+    if (Atomics.compareExchange(gate, 0, ww.GATE_IDLE, ww.GATE_LOADING) === ww.GATE_ENDING) {
+      return await new Promise<never>(() => {});
+    }
+    try {
+      return await openNodeLibc(isMainThread);
+    } finally {
+      Atomics.store(gate, 0, ww.GATE_LOADED);
+    }
+  }
+  return await openNodeLibc(isMainThread);
+}
+
+async function openNodeLibc(isMainThread: boolean): Promise<Libc> {
   const specifier = ["koffi"].join("");
   let mod: { default?: Koffi } & Koffi;
   try {
@@ -156,12 +178,7 @@ export async function loadNodeLibc(): Promise<Libc> {
   const errnoWord = new Int32Array(koffi.view(c.__errno_location(), 4));
   const proc = (globalThis as unknown as { process: NodeProcess }).process;
   const flags = inheritedFlags(proc);
-  const [{ isMainThread }, fs, { installWebWorker }] = await Promise.all([
-    import("node:worker_threads"),
-    import("node:fs"),
-    import("./web_worker.ts"),
-  ]);
-  installWebWorker();
+  const fs = await import("node:fs");
   if (isMainThread) guardExit(proc, fs, c.syscall);
   const { syscall, ioctl, open, read, write, pread, poll, close, sysconf, mmap } = c;
   const { munmap, madvise, mprotect, mremap, memfd_create, ftruncate, fallocate } = c;

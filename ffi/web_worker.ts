@@ -14,6 +14,24 @@ import { Worker as ThreadWorker } from "node:worker_threads";
 /** The key of workerData under which the adapter passes the module URL to its bootstrap. */
 const URL_KEY = "__uffdWebWorkerUrl";
 
+/**
+ * The key of workerData under which the adapter passes the thread's FFI gate: one Int32 in a
+ * SharedArrayBuffer, {@link GATE_IDLE} until the thread opens libc, {@link GATE_LOADING} while it
+ * initializes koffi's native module, {@link GATE_LOADED} after, {@link GATE_ENDING} once
+ * terminate() was called before the thread began to. A thread terminated while it initializes
+ * koffi aborts the whole process ("FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw"), so
+ * terminate() waits for that to end; a thread that has not begun never will (see ffi/node.ts).
+ */
+export const GATE_KEY = "__uffdFfiGate";
+/** The thread has not begun to open libc. */
+export const GATE_IDLE = 0;
+/** The thread initializes koffi: terminate() waits. */
+export const GATE_LOADING = 1;
+/** The thread's libc is open (or failed to open): terminate() ends it at once. */
+export const GATE_LOADED = 2;
+/** terminate() came first: the thread does not begin to open libc. */
+export const GATE_ENDING = 3;
+
 // Runs first in a Node Worker thread (as a CommonJS script): gives it a web Worker's scope, then
 // imports the module. A failed import is rethrown uncaught, so the parent sees an error event.
 const BOOTSTRAP = `"use strict";
@@ -76,6 +94,8 @@ export class NodeWebWorker extends EventTarget {
   onmessageerror: ((e: MessageEvent) => void) | null = null;
   onerror: ((e: Event) => void) | null = null;
   #thread: ThreadWorker;
+  #gate = new Int32Array(new SharedArrayBuffer(4));
+  #exited = false;
 
   constructor(url: string | URL, options: { name?: string } = {}) {
     super();
@@ -83,8 +103,9 @@ export class NodeWebWorker extends EventTarget {
     this.#thread = new ThreadWorker(BOOTSTRAP, {
       eval: true,
       name: options.name,
-      workerData: { [URL_KEY]: href },
+      workerData: { [URL_KEY]: href, [GATE_KEY]: this.#gate },
     });
+    this.#thread.once("exit", () => (this.#exited = true));
     this.#thread.on("message", (data: unknown) => {
       const e = new MessageEvent("message", { data });
       this.onmessage?.(e);
@@ -132,7 +153,19 @@ export class NodeWebWorker extends EventTarget {
   }
 
   terminate(): void {
-    void this.#thread.terminate();
+    const was = Atomics.compareExchange(this.#gate, 0, GATE_IDLE, GATE_ENDING);
+    if (was !== GATE_LOADING) {
+      void this.#thread.terminate();
+      return;
+    }
+    // The thread is inside koffi's initialization (milliseconds): end it once that is over. It
+    // stays referenced until then, so whoever awaits its end does not see an empty event loop.
+    this.#thread.ref();
+    const poll = setInterval(() => {
+      if (Atomics.load(this.#gate, 0) === GATE_LOADING && !this.#exited) return;
+      clearInterval(poll);
+      void this.#thread.terminate();
+    }, 1);
   }
 
   /** Lets the process exit while this Worker runs (as Bun's and Node's own Workers allow). */

@@ -7,11 +7,24 @@ import { Mapping, type PagefaultEvent, PagemapScanner, pageSize, UffdError, User
 import { Toucher, within } from "./helpers/toucher.ts";
 import { untilPending } from "./helpers/uffd_wait.ts";
 import { peekByte, Peeker } from "./helpers/peek.ts";
+import { runChild } from "./helpers/child.ts";
 
 const T = { timeout: 20000 };
 const PS = pageSize;
 
 describe("regressions", () => {
+  it(
+    "a Worker that opens libc, terminated at once, before, while or after its FFI initializes, ends without taking the process with it (Node: koffi's init aborted the soak)",
+    { timeout: 60000 },
+    () => {
+      const script = new URL("./children/worker_terminate_early.ts", import.meta.url).pathname;
+      const r = runChild(script, ["96"], 50000);
+      assert.equal(r.signal, null, `the process ended by ${r.signal}\n${r.stderr.slice(0, 2000)}`);
+      assert.equal(r.status, 0, r.stderr.slice(0, 2000));
+      assert.match(r.stdout, /ended 96/);
+    },
+  );
+
   it(
     "a scan that finds more written regions than its buffer holds continues past the first batch (walk_end)",
     T,
