@@ -1,7 +1,8 @@
-// Starts Workers that open libc (ffi/mod.ts) and terminates each after a delay from 0 to 156 ms (a Worker takes 120-170 ms here to load),
-// so some are ended before, some while and some after their FFI initializes. Under Node a thread
-// ended while koffi initializes its native module aborts the process (SIGABRT, "FATAL ERROR:
-// Error::ThrowAsJavaScriptException napi_throw") unless terminate() waits for that to end.
+// Starts Workers that open libc (ffi/mod.ts) and terminates each after a delay from 0 to 156 ms
+// (a Worker takes 120-170 ms here to load), so some are ended before, some while and some after
+// their FFI initializes. Under Node a thread ended while koffi initializes its native module
+// aborts the process (SIGABRT, "FATAL ERROR: Error::ThrowAsJavaScriptException napi_throw")
+// unless terminate() waits for that to end.
 // Prints "ended N" and exits 0 when every Worker ended and the process lived.
 import "../../ffi/mod.ts";
 
